@@ -1,0 +1,74 @@
+"""The stream axis: how one image becomes a shared stream plus one stream per task.
+
+Inside the task-specific last block of each Swin stage the shared representation forks into
+``1 + T`` streams (index 0 shared, index ``1 + t`` task ``t``). Every tensor between backbone
+layers carries that axis first, ``[S, B, ...]``, with ``S == 1`` in shared blocks. Keeping it a
+tensor axis (not a dict of tensors) keeps every layer one-tensor-in / one-tensor-out, lets shared
+layers (PatchMerging, LayerNorm, frozen linears) run once on all streams, and turns "one low-rank
+update per task" into one batched einsum.
+
+Adapter layers decide how many streams they emit: a shared adapter maps ``S -> S``; a task
+adapter maps ``S -> 1 + T`` (broadcasting a single shared input stream to every task).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ['SHARED', 'task_stream', 'select_task_stream', 'fold', 'unfold', 'StreamDropPath']
+
+SHARED = 0
+
+
+def task_stream(task_index: int) -> int:
+    """Stream index of task ``task_index`` (0-based) in a forked tensor."""
+    return 1 + task_index
+
+
+def select_task_stream(x: torch.Tensor, task_index: int) -> torch.Tensor:
+    """Stream of a task, falling back to the shared stream when ``x`` never forked.
+
+    Args:
+        x: ``[S, B, ...]`` with ``S == 1`` (no fork) or ``S == 1 + T``.
+        task_index: 0-based task index.
+
+    Returns:
+        ``[B, ...]``.
+    """
+    return x[0] if x.shape[0] == 1 else x[task_stream(task_index)]
+
+
+def fold(x: torch.Tensor) -> torch.Tensor:
+    """``[S, B, ...] -> [S * B, ...]`` (streams folded into the batch)."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def unfold(x: torch.Tensor, num_streams: int) -> torch.Tensor:
+    """Inverse of :func:`fold`."""
+    return x.reshape(num_streams, x.shape[0] // num_streams, *x.shape[1:])
+
+
+class StreamDropPath(nn.Module):
+    """Stochastic depth with an independent draw per (stream, sample).
+
+    The reference calls one DropPath module once per task stream, so each stream gets its own
+    random mask; folding the stream axis into the batch reproduces that distribution.
+
+    Args:
+        drop_prob: probability of dropping a residual branch.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask_shape = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
+        mask = x.new_empty(mask_shape).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob}'

@@ -1,0 +1,597 @@
+"""Per-task scoring from per-sample sufficient statistics, and the mmengine metric that uses it.
+
+Why sufficient statistics: every metric of the benchmark (``metrics.md``) is a dataset-level
+quantity, e.g. mIoU from class counts summed over the split, depth RMSE over all valid pixels of
+the split. Under DDP, mmengine's ``collect_results`` gathers each rank's ``results`` list,
+interleaves them and truncates to ``len(dataset)`` to drop the sampler's padding; that is only
+correct when each sample contributes exactly ONE entry. So each sample is reduced on the spot to a
+small, additive summary (class counts, per-threshold IoU/P/R, angle sums and a histogram, squared
+error sums) and no per-pixel map is kept or sent across ranks. ``reduce`` turns the summaries of a
+split into metrics.
+
+The scorers are plain Python (``TaskScorer.sample_stats`` / ``TaskScorer.reduce``) and usable
+without mmengine; ``MultiTaskMetric`` is the thin mmengine wrapper.
+
+Prediction and target formats are those of ``mtlbench.tasks`` (one sample, no batch dim).
+
+Not in ``metrics.md``; chosen here:
+
+- semseg / human_parts: classes absent from both GT and prediction over the whole split have
+  IoU 0/0 = NaN and are left out of the mean (NaN-mean, as mmseg does). The reference
+  implementation of the field divides by ``max(union, eps)`` and so counts such a class as 0; on
+  a full split every class occurs, so the two agree there. Labels other than ``0..C-1`` and 255
+  raise.
+- sal: a pixel is predicted salient when ``prob > threshold`` (strict). Per image, precision is 0
+  when nothing is predicted salient and recall is 0 when the GT has no salient pixel (the usual
+  ``tp / (tp + fp + eps)`` convention); IoU is 1.0 when both are empty. GT 255 pixels are
+  ignored, and an image whose pixels are all ignored is left out of the image mean. The
+  thresholds apply to the probability the model outputs: the sigmoid is applied exactly once, in
+  ``mtlbench.losses.postprocess`` (the reference's "Beta maxF" meter applies a second sigmoid to
+  probabilities; that defect is not reproduced, and maxF here is the plain F1 of metrics.md).
+- normals: angles are computed in float64. A zero predicted vector is scored as 90 degrees.
+  "within" counts use a strict ``angle < t``. The median comes from a histogram (see
+  ``NormalsScorer``).
+- depth: no clamping of predictions; ``abs_rel`` is pixel-wise over the split like ``rmse``.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.evaluator import BaseMetric
+from mmseg.evaluation import IoUMetric
+
+from mtlbench.registry import METRICS
+from mtlbench.tasks import DATASET_TASKS, IGNORE_INDEX, TASKS, check_tasks
+
+__all__ = [
+    'Stats', 'TaskScorer', 'SegmentationScorer', 'SaliencyScorer', 'NormalsScorer',
+    'DepthScorer', 'SAL_THRESHOLDS', 'NORMALS_WITHIN_DEG', 'build_scorer', 'primary_metric',
+    'score_samples', 'MultiTaskMetric',
+]
+
+#: One sample's sufficient statistics: metric-specific arrays and scalars.
+Stats = Dict[str, np.ndarray]
+
+#: Saliency thresholds on the probability (metrics.md).
+SAL_THRESHOLDS: np.ndarray = np.linspace(0.2, 0.9, 15)
+#: Angle thresholds in degrees for the normals "% within" metrics.
+NORMALS_WITHIN_DEG: Tuple[float, ...] = (11.25, 22.5, 30.0)
+
+
+def primary_metric(task: str) -> str:
+    """Name of the metric that tables print and Δm uses for ``task`` (e.g. ``'mIoU'``).
+
+    Args:
+        task: a key of ``mtlbench.tasks.TASKS``.
+
+    Returns:
+        The metric key, as returned by the task's scorer ``reduce``.
+    """
+    if task not in TASKS:
+        raise KeyError(f'unknown task {task!r}; valid: {sorted(TASKS)}')
+    return TASKS[task].primary_metric
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the finite entries; NaN (without a warning) when there are none."""
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _match_shapes(pred: torch.Tensor, gt: torch.Tensor, task: str) -> Tuple[torch.Tensor,
+                                                                             torch.Tensor]:
+    """Return ``pred`` and ``gt`` with equal shapes, dropping singleton dims if that suffices."""
+    if pred.shape == gt.shape:
+        return pred, gt
+    if pred.squeeze().shape == gt.squeeze().shape:
+        return pred.squeeze(), gt.squeeze()
+    raise ValueError(f'{task}: prediction shape {tuple(pred.shape)} does not match target '
+                     f'shape {tuple(gt.shape)}')
+
+
+class TaskScorer(ABC):
+    """Scores one task from per-sample sufficient statistics.
+
+    Subclasses implement ``sample_stats`` (one sample -> a small dict of arrays, additive over
+    samples or otherwise mergeable) and ``reduce`` (a split's stats -> metrics).
+
+    Args:
+        task: task key; its primary metric and direction come from ``mtlbench.tasks.TASKS``.
+    """
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+
+    @property
+    def primary(self) -> str:
+        """Key of the primary metric in ``reduce``'s output."""
+        return primary_metric(self.task)
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of the primary metric."""
+        return TASKS[self.task].higher_is_better
+
+    @abstractmethod
+    def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
+        """Sufficient statistics of one sample.
+
+        Args:
+            pred: the sample's prediction, in the format of ``mtlbench.tasks``.
+            gt: the sample's target, in the format of ``mtlbench.tasks``.
+
+        Returns:
+            A dict of numpy arrays / scalars (small, picklable, no per-pixel data).
+        """
+
+    @abstractmethod
+    def reduce(self, stats: Sequence[Stats]) -> Dict[str, float]:
+        """Dataset-level metrics from the stats of every sample of a split.
+
+        Args:
+            stats: one ``sample_stats`` output per sample.
+
+        Returns:
+            Metric name -> value (plain floats; NaN where undefined, e.g. no valid pixel).
+        """
+
+    def score(self, preds: Sequence[torch.Tensor], gts: Sequence[torch.Tensor]
+              ) -> Dict[str, float]:
+        """One-shot scoring of paired per-sample predictions and targets."""
+        if len(preds) != len(gts):
+            raise ValueError(f'{len(preds)} predictions but {len(gts)} targets')
+        return self.reduce([self.sample_stats(p, g) for p, g in zip(preds, gts)])
+
+
+class SegmentationScorer(TaskScorer):
+    """mIoU, mean class accuracy and pixel accuracy for semseg / human_parts.
+
+    Per sample: class histograms of intersection, union, prediction and label over the
+    non-ignored pixels (mmseg's ``IoUMetric.intersect_and_union``). Over the split: the
+    histograms are summed, IoU_c = I_c / U_c, and ``mIoU`` is the NaN-mean over classes (a class
+    absent from both GT and prediction on the whole split is excluded), x100.
+
+    Args:
+        task: ``'semseg'`` or ``'human_parts'``.
+        num_classes: number of classes ``C``; labels are ``0..C-1`` or ``ignore_index``.
+        ignore_index: label of ignored pixels. Defaults to 255.
+
+    Returned keys: ``mIoU``, ``mAcc`` (NaN-mean of per-class recall), ``pixel_acc`` (all x100).
+    """
+
+    def __init__(self, task: str, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(task)
+        if num_classes < 1:
+            raise ValueError(f'{task}: num_classes must be >= 1, got {num_classes}')
+        self.num_classes = int(num_classes)
+        self.ignore_index = ignore_index
+
+    def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
+        """Class histograms of one sample.
+
+        Args:
+            pred: int ``[H, W]`` class ids.
+            gt: int ``[H, W]`` labels, ``ignore_index`` for ignored pixels.
+
+        Returns:
+            ``intersect``, ``union``, ``pred_area``, ``label_area``: int64 ``[C]``.
+        """
+        pred, gt = _match_shapes(pred, gt, self.task)
+        valid = gt != self.ignore_index
+        for name, t in (('target', gt[valid]), ('prediction', pred[valid])):
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
+                raise ValueError(f'{self.task}: {name} labels must lie in [0, '
+                                 f'{self.num_classes - 1}] or be {self.ignore_index}; got range '
+                                 f'[{int(t.min())}, {int(t.max())}]')
+        inter, union, pred_area, label_area = IoUMetric.intersect_and_union(
+            pred, gt, self.num_classes, self.ignore_index)
+        # histc counts in float32, exact for any image below 2**24 pixels.
+        return {
+            'intersect': inter.numpy().astype(np.int64),
+            'union': union.numpy().astype(np.int64),
+            'pred_area': pred_area.numpy().astype(np.int64),
+            'label_area': label_area.numpy().astype(np.int64),
+        }
+
+    def _totals(self, stats: Sequence[Stats]) -> List[torch.Tensor]:
+        keys = ('intersect', 'union', 'pred_area', 'label_area')
+        if not stats:
+            return [torch.zeros(self.num_classes, dtype=torch.float64) for _ in keys]
+        return [torch.from_numpy(np.sum([s[k] for s in stats], axis=0).astype(np.float64))
+                for k in keys]
+
+    def class_iou(self, stats: Sequence[Stats]) -> np.ndarray:
+        """Per-class IoU over the split, float64 ``[C]`` in [0, 1]; NaN for absent classes."""
+        inter, union, _, _ = self._totals(stats)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            return (inter / union).numpy()
+
+    def reduce(self, stats: Sequence[Stats]) -> Dict[str, float]:
+        """See ``TaskScorer.reduce``. Keys: ``mIoU``, ``mAcc``, ``pixel_acc`` (x100)."""
+        totals = self._totals(stats)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            m = IoUMetric.total_area_to_metrics(*totals, metrics=['mIoU'])
+        return {
+            'mIoU': 100.0 * _nanmean(np.asarray(m['IoU'], dtype=np.float64)),
+            'mAcc': 100.0 * _nanmean(np.asarray(m['Acc'], dtype=np.float64)),
+            'pixel_acc': 100.0 * float(m['aAcc']),
+        }
+
+
+class SaliencyScorer(TaskScorer):
+    """Threshold-swept IoU and maxF for saliency (metrics.md).
+
+    Per sample and threshold ``t`` (pixel salient when ``prob > t``, GT 255 ignored): IoU
+    (1.0 when prediction and GT are both empty), precision and recall (0 when their denominator
+    is 0). Over the split: mean over images per threshold; ``mIoU`` = max over thresholds of the
+    mean IoU; ``maxF`` = max over thresholds of ``2PR / (P + R)`` with P, R the image-averaged
+    precision and recall (0 where ``P + R = 0``). Both x100.
+
+    Args:
+        task: task key. Defaults to ``'sal'``.
+        thresholds: probability thresholds. Defaults to ``linspace(0.2, 0.9, 15)``.
+        ignore_index: GT label of ignored pixels. Defaults to 255.
+
+    Returned keys: ``mIoU``, ``maxF``, ``best_threshold`` (the threshold of ``mIoU``).
+    """
+
+    def __init__(self, task: str = 'sal', thresholds: Optional[Sequence[float]] = None,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(task)
+        self.thresholds = np.asarray(SAL_THRESHOLDS if thresholds is None else thresholds,
+                                     dtype=np.float64)
+        self.ignore_index = ignore_index
+
+    def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
+        """Per-threshold IoU / precision / recall of one image.
+
+        Args:
+            pred: float ``[H, W]`` salient-class probabilities in [0, 1].
+            gt: int ``[H, W]`` in {0, 1}, ``ignore_index`` for ignored pixels.
+
+        Returns:
+            ``iou``, ``precision``, ``recall``: float64 ``[T]``; ``n``: 1, or 0 when every pixel
+            is ignored (then the arrays are zeros and the image does not count).
+        """
+        pred, gt = _match_shapes(pred, gt, self.task)
+        valid = gt != self.ignore_index
+        n_thr = len(self.thresholds)
+        if not bool(valid.any()):
+            zeros = np.zeros(n_thr)
+            return {'iou': zeros, 'precision': zeros.copy(), 'recall': zeros.copy(),
+                    'n': np.int64(0)}
+        labels = gt[valid]
+        if bool(((labels != 0) & (labels != 1)).any()):
+            raise ValueError(f'{self.task}: target labels must be 0, 1 or {self.ignore_index}')
+        target = (labels == 1).reshape(1, -1)                                  # [1, N]
+        thr = torch.from_numpy(self.thresholds).reshape(-1, 1)
+        positive = pred[valid].double().reshape(1, -1) > thr                   # [T, N]
+        tp = (positive & target).sum(1).double().numpy()
+        fp = (positive & ~target).sum(1).double().numpy()
+        fn = (~positive & target).sum(1).double().numpy()
+        union = tp + fp + fn
+        with np.errstate(divide='ignore', invalid='ignore'):
+            iou = np.where(union > 0, tp / union, 1.0)
+            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+            recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        return {'iou': iou, 'precision': precision, 'recall': recall, 'n': np.int64(1)}
+
+    def curves(self, stats: Sequence[Stats]) -> Dict[str, np.ndarray]:
+        """Image-averaged ``iou``, ``precision``, ``recall`` and ``f`` per threshold, ``[T]``."""
+        n = int(sum(int(s['n']) for s in stats))
+        if n == 0:
+            nan = np.full(len(self.thresholds), np.nan)
+            return {'iou': nan, 'precision': nan, 'recall': nan, 'f': nan}
+        out = {k: np.sum([s[k] for s in stats], axis=0) / n
+               for k in ('iou', 'precision', 'recall')}
+        p, r = out['precision'], out['recall']
+        with np.errstate(divide='ignore', invalid='ignore'):
+            out['f'] = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+        return out
+
+    def reduce(self, stats: Sequence[Stats]) -> Dict[str, float]:
+        """See ``TaskScorer.reduce``. Keys: ``mIoU``, ``maxF`` (x100), ``best_threshold``."""
+        c = self.curves(stats)
+        if np.isnan(c['iou']).all():
+            return {'mIoU': math.nan, 'maxF': math.nan, 'best_threshold': math.nan}
+        best = int(np.argmax(c['iou']))
+        return {
+            'mIoU': 100.0 * float(c['iou'][best]),
+            'maxF': 100.0 * float(np.max(c['f'])),
+            'best_threshold': float(self.thresholds[best]),
+        }
+
+
+class NormalsScorer(TaskScorer):
+    """Angular error of surface normals, pixel-wise over the split.
+
+    Per pixel with a valid GT (not the zero vector): the angle in degrees between the
+    L2-normalised prediction and the L2-normalised GT (``acos`` of the clamped dot product, in
+    float64). Per sample: sum, sum of squares, count, counts below 11.25 / 22.5 / 30 degrees,
+    and a histogram of angles with ``bin_deg``-wide bins over [0, 180] (stored sparsely).
+
+    NOTE: the tables' "rmse" column for normals is the MEAN angle, returned here as ``mean``
+    (the primary metric). ``rmse`` here is the true root-mean-square angle.
+
+    Median resolution: ``median`` is the centre of the histogram bin holding the
+    ``ceil(n/2)``-th smallest angle (the lower median), so it is within ``bin_deg / 2`` of it
+    (0.025 degrees by default). On a split of millions of pixels the lower median and the mean of
+    the two middle angles coincide far below that resolution.
+
+    Args:
+        task: task key. Defaults to ``'normals'``.
+        bin_deg: histogram bin width in degrees for the median; at most 0.1. Defaults to 0.05.
+
+    Returned keys: ``mean``, ``median``, ``rmse`` (degrees), ``within_11.25``,
+    ``within_22.5``, ``within_30`` (% of valid pixels with angle strictly below the threshold).
+    """
+
+    def __init__(self, task: str = 'normals', bin_deg: float = 0.05) -> None:
+        super().__init__(task)
+        if not 0 < bin_deg <= 0.1:
+            raise ValueError(f'bin_deg must be in (0, 0.1], got {bin_deg}')
+        self.bin_deg = float(bin_deg)
+        self.num_bins = int(math.ceil(180.0 / self.bin_deg))
+
+    def angles(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """Angles in degrees at the valid pixels.
+
+        Args:
+            pred: float ``[3, H, W]`` predicted normals (normalised here again).
+            gt: float ``[3, H, W]`` GT normals; the zero vector marks invalid pixels.
+
+        Returns:
+            float64 ``[N]``, ``N`` = number of valid pixels.
+        """
+        if pred.shape != gt.shape or pred.dim() != 3 or pred.shape[0] != 3:
+            raise ValueError(f'{self.task}: expected prediction and target of shape [3, H, W]; '
+                             f'got {tuple(pred.shape)} and {tuple(gt.shape)}')
+        gt = gt.double()
+        valid = (gt != 0).any(dim=0)
+        p = F.normalize(pred.double(), dim=0)[:, valid]
+        g = F.normalize(gt, dim=0)[:, valid]
+        cos = (p * g).sum(dim=0).clamp(-1.0, 1.0)
+        return torch.rad2deg(torch.acos(cos))
+
+    def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
+        """Angle sums, threshold counts and the sparse angle histogram of one sample.
+
+        Args:
+            pred: float ``[3, H, W]``.
+            gt: float ``[3, H, W]``.
+
+        Returns:
+            ``sum``, ``sum_sq`` (float64), ``count`` (int64), ``within`` (int64
+            ``[len(NORMALS_WITHIN_DEG)]``), ``hist_idx`` (int64 ``[K]`` non-empty bin indices) and
+            ``hist_cnt`` (int64 ``[K]`` their counts).
+        """
+        ang = self.angles(pred, gt).numpy()
+        bins = np.minimum((ang / self.bin_deg).astype(np.int64), self.num_bins - 1)
+        hist = np.bincount(bins, minlength=self.num_bins)
+        idx = np.flatnonzero(hist)
+        return {
+            'sum': np.float64(ang.sum()),
+            'sum_sq': np.float64(np.square(ang).sum()),
+            'count': np.int64(ang.size),
+            'within': np.array([(ang < t).sum() for t in NORMALS_WITHIN_DEG], dtype=np.int64),
+            'hist_idx': idx.astype(np.int64),
+            'hist_cnt': hist[idx].astype(np.int64),
+        }
+
+    def reduce(self, stats: Sequence[Stats]) -> Dict[str, float]:
+        """See ``TaskScorer.reduce``. Keys: ``mean``, ``median``, ``rmse``, ``within_*``."""
+        count = int(sum(int(s['count']) for s in stats))
+        keys = ['within_' + f'{t:g}' for t in NORMALS_WITHIN_DEG]
+        if count == 0:
+            return dict({'mean': math.nan, 'median': math.nan, 'rmse': math.nan},
+                        **{k: math.nan for k in keys})
+        total = float(sum(float(s['sum']) for s in stats))
+        total_sq = float(sum(float(s['sum_sq']) for s in stats))
+        within = np.sum([s['within'] for s in stats], axis=0)
+        hist = np.zeros(self.num_bins, dtype=np.int64)
+        for s in stats:
+            np.add.at(hist, s['hist_idx'], s['hist_cnt'])
+        lower_median_rank = (count + 1) // 2             # 1-based rank of the lower median
+        b = int(np.searchsorted(np.cumsum(hist), lower_median_rank, side='left'))
+        out = {
+            'mean': total / count,
+            'median': (b + 0.5) * self.bin_deg,
+            'rmse': math.sqrt(total_sq / count),
+        }
+        out.update({k: 100.0 * float(w) / count for k, w in zip(keys, within)})
+        return out
+
+
+class DepthScorer(TaskScorer):
+    """Depth RMSE and absolute relative error, pixel-wise over the split.
+
+    Valid pixels: GT > 0 (and finite). ``rmse = sqrt(sum of squared errors / number of valid
+    pixels)`` over the whole split, NOT the mean of per-image RMSEs (mmseg's ``DepthMetric``
+    does the latter). ``abs_rel`` = mean over the split's valid pixels of ``|pred - gt| / gt``.
+    Predictions are scored as they are (no clamping).
+
+    Args:
+        task: task key. Defaults to ``'depth'``.
+
+    Returned keys: ``rmse`` (metres), ``abs_rel``.
+    """
+
+    def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
+        """Error sums of one sample.
+
+        Args:
+            pred: float ``[1, H, W]`` depth in metres.
+            gt: float ``[1, H, W]``; 0 marks missing depth.
+
+        Returns:
+            ``sse``, ``abs_rel_sum`` (float64) and ``count`` (int64).
+        """
+        pred, gt = _match_shapes(pred, gt, self.task)
+        gt = gt.double()
+        valid = (gt > 0) & torch.isfinite(gt)
+        p, g = pred.double()[valid], gt[valid]
+        err = p - g
+        return {
+            'sse': np.float64(err.square().sum().item()),
+            'abs_rel_sum': np.float64((err.abs() / g).sum().item()),
+            'count': np.int64(int(valid.sum())),
+        }
+
+    def reduce(self, stats: Sequence[Stats]) -> Dict[str, float]:
+        """See ``TaskScorer.reduce``. Keys: ``rmse``, ``abs_rel``."""
+        count = int(sum(int(s['count']) for s in stats))
+        if count == 0:
+            return {'rmse': math.nan, 'abs_rel': math.nan}
+        sse = float(sum(float(s['sse']) for s in stats))
+        rel = float(sum(float(s['abs_rel_sum']) for s in stats))
+        return {'rmse': math.sqrt(sse / count), 'abs_rel': rel / count}
+
+
+def build_scorer(task: str, num_classes: Optional[int] = None, **kwargs: Any) -> TaskScorer:
+    """Build the scorer of ``task`` from its ``TaskSpec.kind``.
+
+    Args:
+        task: a key of ``mtlbench.tasks.TASKS``.
+        num_classes: number of classes; required for classification tasks.
+        **kwargs: extra scorer arguments (``thresholds``, ``bin_deg``, ``ignore_index``).
+
+    Returns:
+        The task's ``TaskScorer``.
+    """
+    if task not in TASKS:
+        raise KeyError(f'unknown task {task!r}; valid: {sorted(TASKS)}')
+    kind = TASKS[task].kind
+    if kind == 'classification':
+        if num_classes is None:
+            raise ValueError(f'{task}: num_classes is required for a classification task')
+        return SegmentationScorer(task, num_classes, **kwargs)
+    if kind == 'binary':
+        return SaliencyScorer(task, **kwargs)
+    if kind == 'normals':
+        return NormalsScorer(task, **kwargs)
+    if kind == 'depth':
+        return DepthScorer(task, **kwargs)
+    raise ValueError(f'{task}: no scorer for task kind {kind!r}')
+
+
+def _resolve_tasks(tasks: Optional[Sequence[str]], dataset_name: Optional[str]
+                   ) -> Tuple[str, ...]:
+    if dataset_name is not None:
+        return check_tasks(dataset_name, tasks)
+    if not tasks:
+        raise ValueError('give `tasks`, `dataset_name`, or both')
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f'unknown task(s) {unknown}; valid: {sorted(TASKS)}')
+    return tuple(tasks)
+
+
+def _build_scorers(tasks: Sequence[str], dataset_name: Optional[str],
+                   num_classes: Optional[Mapping[str, int]]) -> Dict[str, TaskScorer]:
+    scorers = {}
+    for t in tasks:
+        n = None
+        if TASKS[t].kind == 'classification':
+            if num_classes and t in num_classes:
+                n = int(num_classes[t])
+            elif dataset_name is not None:
+                n = DATASET_TASKS[dataset_name][t]
+            else:
+                raise ValueError(f'{t}: give num_classes[{t!r}] or dataset_name')
+        scorers[t] = build_scorer(t, num_classes=n)
+    return scorers
+
+
+def score_samples(scorers: Mapping[str, TaskScorer], stats: Sequence[Mapping[str, Stats]]
+                  ) -> Dict[str, float]:
+    """Flat ``'<task>/<metric>'`` dict from per-sample multi-task stats.
+
+    Args:
+        scorers: task -> scorer.
+        stats: one dict task -> ``Stats`` per sample.
+
+    Returns:
+        ``{'semseg/mIoU': ..., 'normals/mean': ..., ...}``.
+    """
+    out: Dict[str, float] = {}
+    for task, scorer in scorers.items():
+        for name, value in scorer.reduce([s[task] for s in stats]).items():
+            out[f'{task}/{name}'] = float(value)
+    return out
+
+
+@METRICS.register_module()
+class MultiTaskMetric(BaseMetric):
+    """Dataset-level metrics of every task, from one stats entry per sample.
+
+    ``process`` reduces each sample to its sufficient statistics and appends exactly one entry
+    (a dict task -> stats) per sample to ``self.results``, so mmengine's ``collect_results``
+    (interleave ranks, truncate to ``len(dataset)``) stays correct under DDP.
+
+    Args:
+        tasks: tasks to score; defaults to all tasks of ``dataset_name``.
+        dataset_name: key of ``mtlbench.tasks.DATASET_TASKS``; validates ``tasks`` and gives
+            default class counts. Defaults to None.
+        num_classes: task -> number of classes for classification tasks; overrides the dataset
+            defaults. Defaults to None.
+        collect_device: ``'cpu'`` or ``'gpu'``, for collecting results across ranks.
+            Defaults to ``'cpu'``.
+        prefix: prepended to every key as ``'<prefix>/<task>/<metric>'``. Defaults to None
+            (keys are ``'<task>/<metric>'``).
+        collect_dir: shared directory for CPU collection. Defaults to None.
+
+    Returned keys: ``'<task>/<metric>'`` for every metric of the task's scorer, e.g.
+    ``semseg/mIoU``, ``sal/maxF``, ``normals/mean``, ``depth/rmse``.
+
+    Example:
+        >>> val_evaluator = dict(type='MultiTaskMetric', dataset_name='pascal_context')
+    """
+
+    default_prefix: Optional[str] = None
+
+    def __init__(self,
+                 tasks: Optional[Sequence[str]] = None,
+                 dataset_name: Optional[str] = None,
+                 num_classes: Optional[Mapping[str, int]] = None,
+                 collect_device: str = 'cpu',
+                 prefix: Optional[str] = None,
+                 collect_dir: Optional[str] = None) -> None:
+        # BaseMetric warns when no prefix is set; keys here are already namespaced by task, so
+        # no prefix is the intended default: pass a placeholder and restore it.
+        super().__init__(collect_device=collect_device, prefix=prefix or '_',
+                         collect_dir=collect_dir)
+        self.prefix = prefix
+        self.tasks = _resolve_tasks(tasks, dataset_name)
+        self.dataset_name = dataset_name
+        self.scorers = _build_scorers(self.tasks, dataset_name, num_classes)
+
+    def process(self, data_batch: Any, data_samples: Sequence[Mapping[str, Any]]) -> None:
+        """Append one stats entry per sample.
+
+        Args:
+            data_batch: the dataloader batch (unused).
+            data_samples: what the model's ``val_step`` returns: one dict per sample,
+                ``{'pred': {task: tensor}, 'gt': {task: tensor}}`` in ``mtlbench.tasks``
+                formats, on any device.
+        """
+        for i, sample in enumerate(data_samples):
+            if not isinstance(sample, Mapping) or 'pred' not in sample or 'gt' not in sample:
+                raise TypeError('MultiTaskMetric expects one dict {"pred": {...}, "gt": {...}} '
+                                f'per sample; sample {i} is {type(sample).__name__}')
+            entry = {}
+            for task, scorer in self.scorers.items():
+                if task not in sample['pred'] or task not in sample['gt']:
+                    raise KeyError(f'sample {i} lacks the prediction or target of {task!r}')
+                pred = torch.as_tensor(sample['pred'][task]).detach().cpu()
+                gt = torch.as_tensor(sample['gt'][task]).detach().cpu()
+                entry[task] = scorer.sample_stats(pred, gt)
+            self.results.append(entry)
+
+    def compute_metrics(self, results: List[Dict[str, Stats]]) -> Dict[str, float]:
+        """Flat ``'<task>/<metric>' -> float`` dict over the collected samples."""
+        return score_samples(self.scorers, results)
