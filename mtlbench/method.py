@@ -141,6 +141,10 @@ class Method:
         """Additional loss terms (keys must contain ``'loss'``)."""
         return {}
 
+    def record_extras(self, model: nn.Module) -> Dict[str, Any]:
+        """JSON-able extras for the run record (e.g. FAAR's per-adapter rank history)."""
+        return {}
+
 
 def build_method(cfg: Any, tasks: Sequence[str]) -> Method:
     """Build a method from ``dict(type='mtlora', r=64, ...)``, a name, or an instance."""

@@ -1,0 +1,27 @@
+# PASCAL-Context multi-task release (PASCAL_MT): 4,998 train / 5,105 val images.
+dataset_name = 'pascal_context'
+tasks = ['semseg', 'human_parts', 'sal', 'normals']
+img_size = (448, 448)
+data_root = 'data/PASCAL_MT'  # override with --data-root
+
+train_dataloader = dict(
+    batch_size=32,
+    num_workers=8,
+    persistent_workers=True,
+    pin_memory=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='PascalContextMT', data_root=data_root, split='train', tasks=tasks, img_size=img_size),
+)
+val_dataloader = dict(
+    batch_size=32,
+    num_workers=8,
+    persistent_workers=True,
+    pin_memory=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='PascalContextMT', data_root=data_root, split='val', tasks=tasks, img_size=img_size),
+)
+val_evaluator = dict(type='MultiTaskMetric', tasks=tasks, dataset_name=dataset_name)
+# Metrics at 448x448 against resized ground truth (the field's protocol).
+eval_protocol = 'resized-448'
