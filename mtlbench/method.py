@@ -119,7 +119,7 @@ class Method:
 
     @property
     def name(self) -> str:
-        return getattr(type(self), '_registry_name', type(self).__name__.lower())
+        return getattr(self, '_registry_name', type(self).__name__.lower())
 
     def variant(self) -> str:
         """Short label of the key options for leaderboards (e.g. ``'r=64'``)."""

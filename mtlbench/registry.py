@@ -5,25 +5,30 @@ Every buildable piece of mtlbench is registered here so that configs refer to it
 mmengine parents, so mmengine's own optimizers, schedulers, hooks and loops stay available under
 ``default_scope='mtlbench'``.
 """
+from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 
-__all__ = ['MODELS', 'DATASETS', 'TRANSFORMS', 'METRICS', 'HOOKS', 'METHODS']
+__all__ = ['MODELS', 'DATASETS', 'DATA_SAMPLERS', 'TRANSFORMS', 'METRICS', 'HOOKS', 'LOOPS', 'METHODS']
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mtlbench',
                   locations=['mtlbench.model', 'mtlbench.backbones', 'mtlbench.heads'])
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mtlbench',
                     locations=['mtlbench.datasets'])
+DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='mtlbench',
+                         locations=['mtlbench.engine'])
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mtlbench',
                       locations=['mtlbench.datasets'])
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='mtlbench',
                    locations=['mtlbench.evaluation'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mtlbench',
                  locations=['mtlbench.engine'])
+LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope='mtlbench', locations=['mtlbench.engine'])
 # Backbone adaptation methods (MTLoRA, FAAR, baselines ...). Not an mmengine model: a method
 # rewrites a backbone, it is not itself a module. Keys are lower-case (``free_sinewich``).
 METHODS = Registry('method', scope='mtlbench', locations=['mtlbench.methods'])

@@ -237,7 +237,7 @@ class SaliencyScorer(TaskScorer):
         thresholds: probability thresholds. Defaults to ``linspace(0.2, 0.9, 15)``.
         ignore_index: GT label of ignored pixels. Defaults to 255.
 
-    Returned keys: ``mIoU``, ``maxF``, ``best_threshold`` (the threshold of ``mIoU``).
+    Returned keys: ``mIoU``, ``maxF``, ``best_threshold`` (the lowest threshold of ``mIoU``).
     """
 
     def __init__(self, task: str = 'sal', thresholds: Optional[Sequence[float]] = None,
@@ -299,7 +299,8 @@ class SaliencyScorer(TaskScorer):
         c = self.curves(stats)
         if np.isnan(c['iou']).all():
             return {'mIoU': math.nan, 'maxF': math.nan, 'best_threshold': math.nan}
-        best = int(np.argmax(c['iou']))
+        # lowest threshold attaining the max (ties up to float rounding of the image sums)
+        best = int(np.flatnonzero(c['iou'] >= np.max(c['iou']) - 1e-12)[0])
         return {
             'mIoU': 100.0 * float(c['iou'][best]),
             'maxF': 100.0 * float(np.max(c['f'])),
@@ -333,10 +334,10 @@ class NormalsScorer(TaskScorer):
 
     def __init__(self, task: str = 'normals', bin_deg: float = 0.05) -> None:
         super().__init__(task)
-        if not 0 < bin_deg <= 0.1:
-            raise ValueError(f'bin_deg must be in (0, 0.1], got {bin_deg}')
+        if not 180.0 / 65536 < bin_deg <= 0.1:
+            raise ValueError(f'bin_deg must be in (180/65536, 0.1], got {bin_deg}')
         self.bin_deg = float(bin_deg)
-        self.num_bins = int(math.ceil(180.0 / self.bin_deg))
+        self.num_bins = int(math.ceil(180.0 / self.bin_deg))     # fits the uint16 bin index
 
     def angles(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         """Angles in degrees at the valid pixels.
@@ -367,8 +368,9 @@ class NormalsScorer(TaskScorer):
 
         Returns:
             ``sum``, ``sum_sq`` (float64), ``count`` (int64), ``within`` (int64
-            ``[len(NORMALS_WITHIN_DEG)]``), ``hist_idx`` (int64 ``[K]`` non-empty bin indices) and
-            ``hist_cnt`` (int64 ``[K]`` their counts).
+            ``[len(NORMALS_WITHIN_DEG)]``), ``hist_idx`` (uint16 ``[K]`` indices of the non-empty
+            bins) and ``hist_cnt`` (int32 ``[K]`` their counts): at most 6 bytes per occupied
+            bin, whatever the image size.
         """
         ang = self.angles(pred, gt).numpy()
         bins = np.minimum((ang / self.bin_deg).astype(np.int64), self.num_bins - 1)
@@ -379,8 +381,8 @@ class NormalsScorer(TaskScorer):
             'sum_sq': np.float64(np.square(ang).sum()),
             'count': np.int64(ang.size),
             'within': np.array([(ang < t).sum() for t in NORMALS_WITHIN_DEG], dtype=np.int64),
-            'hist_idx': idx.astype(np.int64),
-            'hist_cnt': hist[idx].astype(np.int64),
+            'hist_idx': idx.astype(np.uint16),
+            'hist_cnt': hist[idx].astype(np.int32),
         }
 
     def reduce(self, stats: Sequence[Stats]) -> Dict[str, float]:
@@ -395,7 +397,7 @@ class NormalsScorer(TaskScorer):
         within = np.sum([s['within'] for s in stats], axis=0)
         hist = np.zeros(self.num_bins, dtype=np.int64)
         for s in stats:
-            np.add.at(hist, s['hist_idx'], s['hist_cnt'])
+            np.add.at(hist, s['hist_idx'].astype(np.int64), s['hist_cnt'].astype(np.int64))
         lower_median_rank = (count + 1) // 2             # 1-based rank of the lower median
         b = int(np.searchsorted(np.cumsum(hist), lower_median_rank, side='left'))
         out = {
@@ -420,6 +422,9 @@ class DepthScorer(TaskScorer):
 
     Returned keys: ``rmse`` (metres), ``abs_rel``.
     """
+
+    def __init__(self, task: str = 'depth') -> None:
+        super().__init__(task)
 
     def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
         """Error sums of one sample.

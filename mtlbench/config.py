@@ -1,0 +1,161 @@
+"""Finding and resolving configs: ``--method faar --dataset pascal_context`` -> an mmengine Config.
+
+Configs are mmengine Python configs under ``configs/`` (shipped inside the package as
+``mtlbench.configs``). A method's default config for a dataset is
+``configs/<method>/<method>_swin-t_<dataset>.py`` (underscores in names become dashes);
+``--config PATH`` picks any other. Resolution fills what a leaf leaves to its bases (the
+model's ``dataset`` and ``tasks`` from the dataset base) and validates ``--cfg-options`` keys,
+so a typo fails loudly instead of silently adding an unused key.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from mmengine.config import Config, ConfigDict
+
+__all__ = ['config_root', 'find_config', 'list_configs', 'load_config', 'check_overrides', 'ConfigError']
+
+
+class ConfigError(ValueError):
+    """A config that cannot be found or an override of a key that does not exist."""
+
+
+def config_root() -> Path:
+    """Directory holding the shipped configs (``configs/`` of the source tree)."""
+    import mtlbench.configs as pkg
+    return Path(pkg.__file__).resolve().parent
+
+
+def _dash(name: str) -> str:
+    return name.replace('_', '-')
+
+
+def list_configs(method: Optional[str] = None) -> List[Path]:
+    """All leaf configs (optionally of one method)."""
+    root = config_root()
+    dirs = [root / method] if method else [d for d in root.iterdir() if d.is_dir() and d.name != '_base_']
+    out = []
+    for d in dirs:
+        if d.is_dir():
+            out.extend(sorted(p for p in d.glob('*.py') if not p.name.startswith('_')))
+    return out
+
+
+def find_config(method: str, dataset: str) -> Path:
+    """Default config of ``method`` on ``dataset``.
+
+    Raises:
+        ConfigError: naming the registered methods / available configs when none matches.
+    """
+    from mtlbench.registry import METHODS
+    import mtlbench.methods  # noqa: F401  (registers methods)
+
+    if METHODS.get(method) is None:
+        raise ConfigError(f'unknown method {method!r}; registered methods: {sorted(METHODS.module_dict)}')
+    path = config_root() / method / f'{_dash(method)}_swin-t_{_dash(dataset)}.py'
+    if path.is_file():
+        return path
+    avail = [p.name for p in list_configs(method)]
+    raise ConfigError(f'no default config {path.name} for method {method!r} on dataset {dataset!r} in '
+                      f'{path.parent}; available: {avail or "none"} (pass one with --config)')
+
+
+def _flatten_keys(d: Any, prefix: str = '') -> List[str]:
+    keys = []
+    if isinstance(d, dict):
+        for k, v in d.items():
+            full = f'{prefix}.{k}' if prefix else str(k)
+            keys.append(full)
+            keys.extend(_flatten_keys(v, full))
+    return keys
+
+
+def check_overrides(cfg: Config, overrides: Dict[str, Any]) -> None:
+    """Refuse overrides of keys that do not exist (except inside ``model.method`` and
+    ``model.backbone``, whose keys are validated by the method config / backbone signature).
+
+    Raises:
+        ConfigError: naming the unknown key and close existing keys.
+    """
+    import difflib
+
+    existing = set(_flatten_keys(cfg.to_dict()))
+    open_prefixes = ('model.method.', 'model.loss_weights', 'custom_hooks', 'model.decoder.')
+    for key in overrides:
+        if key in existing or key.startswith(open_prefixes):
+            continue
+        close = difflib.get_close_matches(key, sorted(existing), n=3)
+        raise ConfigError(f'--cfg-options: the config has no key {key!r}' +
+                          (f'; did you mean {close}?' if close else ''))
+
+
+def load_config(path: os.PathLike, overrides: Optional[Dict[str, Any]] = None) -> Config:
+    """Load a config file, apply validated overrides and fill dataset-derived model fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'config file not found: {path}')
+    cfg = Config.fromfile(str(path))
+    if overrides:
+        check_overrides(cfg, overrides)
+        cfg.merge_from_dict(overrides)
+    resolve(cfg)
+    return cfg
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill ``model.dataset`` / ``model.tasks`` and the metric's tasks from the dataset base."""
+    dataset = cfg.get('dataset_name')
+    if dataset is None:
+        raise ConfigError('config has no dataset_name (inherit a configs/_base_/datasets/*.py base)')
+    model = cfg.model
+    if model.get('dataset') is None:
+        model.dataset = dataset
+    tasks = list(cfg.get('tasks') or [])
+    if model.get('tasks') is None:
+        model.tasks = tasks
+    tasks = list(model.tasks)
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        if key in cfg and cfg[key] is not None:
+            inner_dataset(cfg[key]).tasks = tasks
+    if 'val_evaluator' in cfg:
+        cfg.val_evaluator.tasks = tasks
+        cfg.val_evaluator.dataset_name = dataset
+    img = tuple(model.backbone.get('img_size', cfg.get('img_size', (448, 448))))
+    for key in ('train_dataloader', 'val_dataloader'):
+        if key in cfg and cfg[key] is not None:
+            inner_dataset(cfg[key]).img_size = img
+    cfg.tasks = tasks
+    return cfg
+
+
+def inner_dataset(dataloader_cfg: Any) -> Any:
+    """The dataset config of a dataloader, looking through wrappers (``SeededDataset``)."""
+    ds = dataloader_cfg.dataset
+    while ds.get('type') == 'SeededDataset':
+        ds = ds.dataset
+    return ds
+
+
+def set_tasks(cfg: Config, tasks: Sequence[str]) -> Config:
+    """Restrict a resolved config to ``tasks``."""
+    cfg.model.tasks = list(tasks)
+    cfg.tasks = None
+    return resolve(cfg)
+
+
+def set_img_size(cfg: Config, img_size: Sequence[int]) -> Config:
+    cfg.model.backbone.img_size = tuple(img_size)
+    return resolve(cfg)
+
+
+def as_plain(obj: Any) -> Any:
+    """ConfigDict / tuples -> JSON-able plain containers."""
+    if isinstance(obj, (dict, ConfigDict)):
+        return {str(k): as_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [as_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)

@@ -1,0 +1,90 @@
+"""Safe checkpoint loading and atomic checkpoint writing for the mmengine Runner.
+
+mmengine 0.10.7 (its last release) loads checkpoints with a bare ``torch.load``; torch >= 2.6
+defaults to ``weights_only=True`` and resuming fails on mmengine's own ``HistoryBuffer``
+(fixed upstream in mmengine PR #1670, unreleased). mtlbench neither falls back to
+``weights_only=False`` (a checkpoint from elsewhere could run code) nor patches mmengine's
+source: it registers a local-file loader that unpickles with ``weights_only=True`` and an
+explicit allow-list of the plain types mmengine stores (``ALLOWED_GLOBALS``).
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from typing import Any, List
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+__all__ = ['ALLOWED_GLOBALS', 'safe_torch_load', 'register_safe_loader', 'CheckpointError',
+           'find_resumable_checkpoint']
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is not a checkpoint, is truncated, or holds disallowed objects."""
+
+
+def _numpy_globals() -> List[Any]:
+    out: List[Any] = [np.ndarray, np.dtype]
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore
+    out += [_reconstruct, scalar]
+    # dtype classes (np.dtypes.Float64DType, ...) appear in pickles of numpy 2 arrays / scalars
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is not None:
+        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith('DType')]
+    return out
+
+
+ALLOWED_GLOBALS: List[Any] = [HistoryBuffer] + _numpy_globals()
+
+
+def safe_torch_load(path: str, map_location: Any = 'cpu') -> Any:
+    """``torch.load(weights_only=True)`` with mmengine's plain types allowed.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a checkpoint, or holds objects
+            outside the allow-list (named in the message).
+    """
+    if not osp.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f'{path}: cannot be loaded as a checkpoint ({first})') from err
+
+
+def register_safe_loader() -> None:
+    """Make mmengine's local-file checkpoint loading use :func:`safe_torch_load`."""
+
+    @CheckpointLoader.register_scheme(prefixes='', force=True)
+    def _load_local_safely(filename: str, map_location: Any) -> Any:
+        return safe_torch_load(osp.expanduser(filename), map_location)
+
+
+def find_resumable_checkpoint(work_dir: str) -> str | None:
+    """Newest checkpoint in ``work_dir`` that loads, skipping truncated or corrupt ones.
+
+    Checkpoints are ``epoch_N.pth`` / ``iter_N.pth`` / ``preempt_iter_N.pth``; ordered by the
+    iteration they were saved at (read from their meta).
+    """
+    if not osp.isdir(work_dir):
+        return None
+    candidates = []
+    for name in os.listdir(work_dir):
+        if name.endswith('.pth') and not name.startswith('.'):
+            path = osp.join(work_dir, name)
+            try:
+                meta = safe_torch_load(path)['meta']
+            except Exception:  # noqa: BLE001 - unreadable checkpoints are skipped
+                continue
+            candidates.append((int(meta.get('iter', -1)), osp.getmtime(path), path))
+    if not candidates:
+        return None
+    return max(candidates)[2]

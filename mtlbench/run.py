@@ -1,0 +1,304 @@
+"""``mtlbench run``: train one method on one dataset with the mmengine Runner, evaluate, and
+write a run record.
+
+The flow is config -> Runner -> train -> final evaluation -> run record. Everything specific to
+a method happens inside the model (built from ``model.method``) and the hooks the method asks
+for; this module only prepares the config, the data and the record.
+
+With no ``--data-root`` and no dataset at the config's default root, a small synthetic dataset
+in the real on-disk layout is generated in a cache folder and a short CPU-sized schedule is
+used: the numbers say the pipeline works, not how good a method is, and the record is marked
+``synthetic`` so leaderboards never mix it with real results.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import os.path as osp
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from mmengine.config import Config
+from mmengine.dist import get_rank, is_main_process
+from mmengine.hooks import Hook
+from mmengine.logging import MMLogger, print_log
+
+from mtlbench.config import as_plain, find_config, inner_dataset, load_config, resolve
+from mtlbench.registry import HOOKS
+
+__all__ = ['RunOptions', 'run', 'prepare_config', 'SYNTHETIC_SCHEDULE', 'MetricsCaptureHook']
+
+#: The CPU-sized schedule used on synthetic data (overridable with --epochs / --batch-size ...).
+SYNTHETIC_SCHEDULE = dict(epochs=3, batch_size=2, img_size=(224, 224), num_samples=24, num_workers=0, lr=2e-4)
+
+
+@dataclass
+class RunOptions:
+    """Command-line options of ``mtlbench run`` (see ``mtlbench run --help``)."""
+    method: str
+    dataset: str = 'pascal_context'
+    config: Optional[str] = None
+    data_root: Optional[str] = None
+    pretrained: Optional[str] = None
+    work_dir: Optional[str] = None
+    results_dir: str = 'results/runs'
+    seed: int = 0
+    epochs: Optional[int] = None
+    iters: Optional[int] = None
+    batch_size: Optional[int] = None
+    num_workers: Optional[int] = None
+    img_size: Optional[Sequence[int]] = None
+    tasks: Optional[Sequence[str]] = None
+    amp: Optional[str] = None
+    launcher: str = 'none'
+    resume: bool = False
+    deterministic: bool = False
+    cfg_options: Dict[str, Any] = field(default_factory=dict)
+    synthetic_samples: Optional[int] = None
+    max_samples: Optional[int] = None
+
+
+@HOOKS.register_module()
+class MetricsCaptureHook(Hook):
+    """Keeps the metrics of the last evaluation on the runner (``runner.mtl_last_metrics``)."""
+    priority = 'LOWEST'
+
+    def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
+        runner.mtl_last_metrics = dict(metrics or {})
+
+
+def _git_sha() -> Optional[str]:
+    here = osp.dirname(osp.abspath(__file__))
+    try:
+        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ('-dirty' if dirty else '')) if sha else None
+    except Exception:  # noqa: BLE001 - no git: record null
+        return None
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return f'{n}x {torch.cuda.get_device_name(0)}'
+    return f'cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
+
+
+def _set_schedule(cfg: Config, epochs: int) -> None:
+    """Shrink the reference schedule to ``epochs`` keeping its shape (warm-up share, cosine)."""
+    old = cfg.train_cfg.get('max_epochs', epochs)
+    cfg.train_cfg.max_epochs = epochs
+    cfg.train_cfg.val_interval = min(cfg.train_cfg.get('val_interval', epochs), epochs)
+    scheds = cfg.get('param_scheduler') or []
+    if len(scheds) == 2 and old:
+        warm = int(round(scheds[0].end * epochs / old))
+        if warm <= 0:
+            cfg.param_scheduler = [dict(scheds[1], begin=0, end=epochs, T_max=epochs)]
+        else:
+            scheds[0].end = warm
+            scheds[1].begin, scheds[1].end, scheds[1].T_max = warm, epochs, epochs - warm
+
+
+def _dataset_root_exists(cfg: Config) -> bool:
+    root = cfg.train_dataloader.dataset.get('data_root')
+    return bool(root) and osp.isdir(root)
+
+
+def prepare_config(opts: RunOptions) -> Config:
+    """Resolve the config for a run: file, overrides, data, schedule, engine pieces."""
+    import mtlbench.methods  # noqa: F401
+    import mtlbench.datasets  # noqa: F401
+
+    path = opts.config or str(find_config(opts.method, opts.dataset))
+    cfg = load_config(path, opts.cfg_options)
+    if cfg.model.method.get('type') != opts.method and opts.config is None:
+        raise ValueError(f'config {path} is for method {cfg.model.method.get("type")!r}, not {opts.method!r}')
+    if opts.tasks:
+        cfg.model.tasks = list(opts.tasks)
+    if opts.img_size:
+        cfg.model.backbone.img_size = tuple(opts.img_size)
+    synthetic = False
+    if opts.data_root:
+        data_root = opts.data_root
+        if not osp.isdir(data_root):
+            raise FileNotFoundError(f'--data-root {data_root} does not exist')
+    elif _dataset_root_exists(cfg):
+        data_root = cfg.train_dataloader.dataset.data_root
+    else:
+        from mtlbench.datasets import ensure_synthetic_dataset
+
+        synthetic = True
+        n = opts.synthetic_samples or SYNTHETIC_SCHEDULE['num_samples']
+        data_root = ensure_synthetic_dataset(cfg.dataset_name, n=n)
+        print_log('=' * 78 + '\n NO DATASET FOUND: running on a SYNTHETIC dataset generated in\n '
+                  f'{data_root}\n with a short CPU schedule. These numbers are NOT comparable to '
+                  'any paper;\n pass --data-root to train on PASCAL-Context / NYUDv2.\n' + '=' * 78,
+                  logger='current', level=logging.WARNING)
+        if not opts.img_size:
+            cfg.model.backbone.img_size = SYNTHETIC_SCHEDULE['img_size']
+        for key in ('train_dataloader', 'val_dataloader'):
+            cfg[key].batch_size = opts.batch_size or SYNTHETIC_SCHEDULE['batch_size']
+            cfg[key].num_workers = SYNTHETIC_SCHEDULE['num_workers']
+        _set_schedule(cfg, opts.epochs or SYNTHETIC_SCHEDULE['epochs'])
+        # a tiny batch scaled by 512 would not move the weights in a few iterations
+        cfg.auto_scale_lr = dict(enable=False, base_batch_size=512)
+        cfg.optim_wrapper.optimizer.lr = SYNTHETIC_SCHEDULE['lr']
+        cfg.default_hooks.logger.interval = 1
+        cfg.default_hooks.checkpoint.interval = 1
+    # data ---------------------------------------------------------------
+    for key in ('train_dataloader', 'val_dataloader'):
+        dl = cfg[key]
+        inner_dataset(dl).data_root = data_root
+        if opts.max_samples:
+            inner_dataset(dl).max_samples = opts.max_samples
+        if opts.batch_size:
+            dl.batch_size = opts.batch_size
+        if opts.num_workers is not None:
+            dl.num_workers = opts.num_workers
+        if dl.num_workers == 0:
+            dl.persistent_workers = False
+        # reproducible + resumable order and augmentation (mtlbench.engine.data)
+        dl.sampler = dict(dl.sampler, type='ResumableSampler') if key == 'train_dataloader' else dl.sampler
+        if key == 'train_dataloader' and dl.dataset.type != 'SeededDataset':
+            dl.dataset = dict(type='SeededDataset', dataset=dl.dataset)
+        if not torch.cuda.is_available():
+            dl.pin_memory = False
+    if opts.epochs and not synthetic:
+        _set_schedule(cfg, opts.epochs)
+    if opts.iters:
+        raise NotImplementedError('--iters: use --epochs (the reference schedule is epoch based)')
+    # model --------------------------------------------------------------
+    if opts.pretrained:
+        if not osp.isfile(opts.pretrained):
+            raise FileNotFoundError(f'--pretrained {opts.pretrained} does not exist')
+        cfg.model.backbone.pretrained = opts.pretrained
+    resolve(cfg)
+    # engine -------------------------------------------------------------
+    cfg.train_cfg.type = 'ResumableEpochBasedTrainLoop'
+    cfg.randomness = dict(seed=opts.seed, deterministic=opts.deterministic)
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='IterSeedHook'),
+                                                              dict(type='MetricsCaptureHook')]
+    if opts.amp:
+        if not torch.cuda.is_available():
+            raise RuntimeError('--amp needs a CUDA GPU (mmengine AmpOptimWrapper); run without --amp on CPU')
+        dtype = {'bf16': 'bfloat16', 'fp16': 'float16'}[opts.amp]
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.dtype = dtype
+    cfg.launcher = opts.launcher
+    if opts.launcher != 'none' and not torch.cuda.is_available():
+        cfg.env_cfg.dist_cfg = dict(backend='gloo')
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
+    cfg.synthetic = synthetic
+    cfg.config_path = str(path)
+    return cfg
+
+
+def _work_dir(opts: RunOptions, cfg: Config, tag: str) -> str:
+    if opts.work_dir:
+        return opts.work_dir
+    base = Path('work_dirs') / f'{tag}_{cfg.dataset_name}{"_synthetic" if cfg.synthetic else ""}_s{opts.seed}'
+    return str(base)
+
+
+def _init_cpu_distributed(launcher: str) -> None:
+    """torchrun on CPU: mmengine's 'pytorch' launcher calls cuda.set_device, so start gloo here."""
+    import torch.distributed as dist
+    if launcher != 'none' and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group('gloo')
+
+
+def run(opts: RunOptions) -> List[Path]:
+    """Train, evaluate and record. Returns the paths of the run records written (rank 0)."""
+    _init_cpu_distributed(opts.launcher)
+    cfg = prepare_config(opts)
+    from mtlbench.registry import METHODS
+    method_cls = METHODS.get(cfg.model.method.type)
+    if method_cls is not None and getattr(method_cls, 'one_model_per_task', False) and len(cfg.model.tasks) > 1:
+        paths = []
+        for task in list(cfg.model.tasks):
+            sub = copy.deepcopy(cfg)
+            sub.model.tasks = [task]
+            sub.tasks = None
+            resolve(sub)
+            paths += _run_one(opts, sub, tag=f'{cfg.model.method.type}-{task}')
+        return paths
+    tag = cfg.model.method.type if len(cfg.model.tasks) == len(cfg.get('tasks', [])) else \
+        f'{cfg.model.method.type}-{"-".join(cfg.model.tasks)}'
+    return _run_one(opts, cfg, tag=tag)
+
+
+def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
+    from mtlbench.engine import MTLRunner, find_resumable_checkpoint
+    from mtlbench.evaluation.delta_m import primary_values  # noqa: F401 (import check)
+
+    cfg = copy.deepcopy(cfg)
+    cfg.work_dir = _work_dir(opts, cfg, tag)
+    if opts.resume:
+        ckpt = find_resumable_checkpoint(cfg.work_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f'--resume: no loadable checkpoint in {cfg.work_dir}')
+        cfg.resume, cfg.load_from = True, ckpt
+    start = time.time()
+    runner = MTLRunner.from_cfg(cfg)
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    method = model.method
+    for hook in method.runner_hooks():
+        runner.register_hook(hook)
+    runner.train()
+    metrics = getattr(runner, 'mtl_last_metrics', None)
+    if not metrics:
+        metrics = runner.val_loop.run()
+    wall = time.time() - start
+    if not is_main_process():
+        return []
+    return [write_run_record(opts, cfg, model, metrics, wall)]
+
+
+def nest_metrics(flat: Dict[str, float], tasks: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """``{'semseg/mIoU': v}`` -> ``{'semseg': {'mIoU': v}}``."""
+    out: Dict[str, Dict[str, float]] = {t: {} for t in tasks}
+    for key, value in flat.items():
+        task, _, name = key.partition('/')
+        if task in out:
+            out[task][name] = float(value)
+    return out
+
+
+def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat_metrics: Dict[str, float],
+                     wall_time_s: float) -> Path:
+    """Assemble and atomically write the run record; Δm against existing baseline records."""
+    from mtlbench import records
+
+    tasks = list(model.tasks)
+    method = model.method
+    metrics = nest_metrics(flat_metrics, tasks)
+    rec = records.make_run_record(
+        method=method.name, variant=method.variant(), method_options=as_plain(method.config.to_dict()),
+        dataset=model.dataset_name, tasks=tasks, backbone=f'swin-{model.backbone.arch[0]}'
+        if model.backbone.arch in ('tiny', 'small', 'base') else f'swin-{model.backbone.arch}',
+        pretrained=model.backbone.pretrained, img_size=list(model.backbone.img_size),
+        eval_protocol=cfg.get('eval_protocol', 'resized-448'), synthetic=bool(cfg.synthetic), seed=opts.seed,
+        git_sha=_git_sha(), checkpoint=cfg.get('report_checkpoint', 'last'),
+        epochs=int(cfg.train_cfg.max_epochs), iters=None, metrics=metrics,
+        params=model.param_breakdown(), wall_time_s=round(wall_time_s, 2), device=_device_name(),
+        torch_version=torch.__version__, config=as_plain(cfg.to_dict()),
+        **{k: v for k, v in method.record_extras(model).items()})
+    os.makedirs(opts.results_dir, exist_ok=True)
+    existing, _ = records.load_records(opts.results_dir, kind='run')
+    value, reason = records.compute_delta_m_for_record(rec, existing + [rec])
+    rec['delta_m'], rec['delta_m_reason'] = value, reason
+    path = records.write_record(rec, opts.results_dir)
+    logger = MMLogger.get_current_instance()
+    prim = ', '.join(f'{t} {rec["primary"][t]["metric"]}={rec["primary"][t]["value"]:.4g}' for t in tasks)
+    dm = f'{value:+.2f}%' if value is not None else f'n/a ({reason})'
+    logger.info(f'run record: {path}\n  {prim}\n  Δm: {dm}\n  trainable params: '
+                f'{rec["params"]["total_trainable"]:,}')
+    return path
