@@ -7,6 +7,7 @@ one clear line and exit code 2, never as a traceback from deep inside.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -43,7 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         epochs=args.epochs, iters=args.iters, batch_size=args.batch_size, num_workers=args.num_workers,
         img_size=args.img_size, tasks=args.tasks, amp=args.amp, launcher=args.launcher, resume=args.resume,
         deterministic=args.deterministic, cfg_options=_parse_cfg_options(args.cfg_options),
-        synthetic_samples=args.synthetic_samples, max_samples=args.max_samples)
+        synthetic_samples=args.synthetic_samples, max_samples=args.max_samples,
+        eval_only=args.eval_only, eval_before_train=args.eval_before_train)
     paths = run(opts)
     for p in paths:
         print(f'run record written: {p}')
@@ -88,7 +90,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     methods = [m for m in args.methods.split(',') if m]
     seeds = [int(s) for s in args.seeds.split(',') if s]
-    jobs = plan_sweep(methods, seeds, args.dataset, args.extra or [])
+    extra = list(args.extra or [])
+    if extra[:1] == ['--']:
+        extra = extra[1:]
+    if '--results-dir' not in extra:
+        extra += ['--results-dir', args.runs]
+    # a run without --data-root trains on synthetic data unless the config's default root exists
+    synthetic = None
+    if '--data-root' not in extra:
+        from mtlbench.config import find_config, load_config
+        cfg = load_config(find_config(methods[0], args.dataset)) if methods else None
+        synthetic = cfg is None or not os.path.isdir(cfg.train_dataloader.dataset.data_root)
+    jobs = plan_sweep(methods, seeds, args.dataset, extra, synthetic=synthetic)
     if args.emit == 'slurm':
         path = emit_slurm(jobs, args.slurm_out, gpus_per_job=args.gpus_per_job)
         print(f'Slurm job-array script written: {path} ({len(jobs)} jobs)')
@@ -150,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', help='override config keys')
     r.add_argument('--synthetic-samples', type=int, help=argparse.SUPPRESS)
     r.add_argument('--max-samples', type=int, help='use only the first N samples of each split')
+    r.add_argument('--eval-only', metavar='CHECKPOINT',
+                   help='only evaluate CHECKPOINT on the val split (writes <work_dir>/eval_metrics.json)')
+    r.add_argument('--eval-before-train', action='store_true',
+                   help='also score the untrained model (kept in the record as initial_metrics)')
     r.add_argument('--local-rank', '--local_rank', type=int, default=0, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_run)
 
@@ -243,6 +260,8 @@ def _user_errors():
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if os.environ.get('MTLBENCH_DEBUG'):
+        return args.func(args)
     try:
         return args.func(args)
     except _user_errors() as err:

@@ -42,8 +42,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from mtlbench.records import (ANY, BASELINE_METHOD, collect_baseline, comparability_key,
-                              load_records, pretrained_key)
+from mtlbench.records import BASELINE_METHOD, collect_baseline, comparability_key, load_records
 from mtlbench.tasks import DATASET_TASKS, TASKS
 
 __all__ = [
@@ -274,8 +273,11 @@ def _aggregate_row(recs: Sequence[Mapping], tasks: Sequence[str],
                            'checkpoint': first['checkpoint']}
     ns = []
     for t in tasks:
-        vals = [r['primary'][t]['value'] for r in recs if t in r['primary']]
-        mean, std, n = _mean_std(vals)
+        vals = [r['primary'][t].get('value') for r in recs if t in r['primary']]
+        mean, std, n = _mean_std([v for v in vals if v is not None])
+        if len(vals) > n:
+            notes.append(f'{label}: {len(vals) - n} record(s) without a {t} value (null, e.g. '
+                         f'not computable) left out of the mean')
         row[t], row[f'{t}_std'], row[f'{t}_n'] = mean, std, n
         ns.append(n)
     present = [n for n in ns if n]
@@ -288,9 +290,12 @@ def _aggregate_row(recs: Sequence[Mapping], tasks: Sequence[str],
     by_model: Dict[tuple, List[Mapping]] = {}
     for r in recs:
         by_model.setdefault(tuple(r['tasks']), []).append(r)
-    for name, key in (('params_trainable_m', 'total_trainable'), ('params_adapter_m', 'adapter'),
-                      ('params_decoder_m', 'decoder'), ('params_backbone_other_m', 'backbone_other'),
-                      ('params_total_m', 'total'), ('params_encoder_trainable_m', 'encoder_trainable')):
+    for name, key in (('params_trainable_m', 'total_trainable'),
+                      ('params_adapter_m', 'adapter'),
+                      ('params_decoder_m', 'decoder'),
+                      ('params_backbone_other_m', 'backbone_other'),
+                      ('params_total_m', 'total'),
+                      ('params_encoder_trainable_m', 'encoder_trainable')):
         total = 0.0
         have = False
         for model_recs in by_model.values():
@@ -317,7 +322,7 @@ def _aggregate_row(recs: Sequence[Mapping], tasks: Sequence[str],
     detail: Dict[str, Any] = {'method': first['method'], 'variant': first['variant'],
                               'checkpoint': first['checkpoint'], 'n_records': len(recs)}
     for t, m in secondary:
-        vals = [r['metrics'][t].get(m) for r in recs if t in r['metrics']]
+        vals = [r['metrics'][t].get(m) for r in recs if isinstance(r['metrics'].get(t), dict)]
         mean, std, n = _mean_std([v for v in vals if v is not None])
         detail[f'{t}.{m}'], detail[f'{t}.{m}_std'], detail[f'{t}.{m}_n'] = mean, std, n
     return row, detail, notes
@@ -546,6 +551,8 @@ def _build_reported(df: pd.DataFrame, dataset: str) -> ReportedTable:
         if value is None:
             notes.append(f'{label}: Δm not recomputed — {reason}.')
         out['delta_m_flag'] = flag
+        if str(r.get('notes', '')).strip():
+            notes.append(f'{label}: {str(r["notes"]).strip()}.'.replace('..', '.'))
         out['params_m'] = float(r['params_m']) if not _is_nan(r.get('params_m')) else math.nan
         for k in ('params_note', 'backbone', 'pretrained', 'notes', 'source_file'):
             out[k] = r.get(k, '')
@@ -864,7 +871,7 @@ def _reported_cells(rep: ReportedTable) -> _Cells:
         cells = [f'reported: {r["paper"]} ({r["citation"]}), {r["table"]}', r['method'],
                  r['variant']]
         for t in rep.tasks:
-            cells.append(_fmt_num(r[t], _decimals(t, TASKS[t].primary_metric)))
+            cells.append(_fmt_num(r[t], 2))  # as printed: papers give two decimals
         dm = _fmt_num(r['delta_m'], 2, signed=True)
         if r['delta_m_flag']:
             dm += f' {r["delta_m_flag"]}'
@@ -876,8 +883,7 @@ def _reported_cells(rep: ReportedTable) -> _Cells:
         cells.append(p)
         c.rows.append([str(x) for x in cells])
     for k, t in enumerate(rep.tasks):
-        for i in _best_indices(list(df[t]), TASKS[t].higher_is_better,
-                               _decimals(t, TASKS[t].primary_metric)):
+        for i in _best_indices(list(df[t]), TASKS[t].higher_is_better, 2):
             c.bold.add((i, 3 + k))
     for i in _best_indices(list(df['delta_m']), True, 2):
         c.bold.add((i, 3 + len(rep.tasks)))
@@ -1069,6 +1075,7 @@ def write_leaderboard(result: LeaderboardResult, out_dir: Path | str = 'results'
     Returns:
         list[Path]: files written.
     """
+    formats = [f.strip().lower() for f in formats if f and f.strip()]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bad = set(formats) - {'md', 'csv', 'tex', 'json'}

@@ -34,7 +34,8 @@ checkpoint         str                 which weights were scored: ``'last'`` or 
 epochs             int | null
 iters              int | null
 metrics            dict                task -> metric -> float (null when not computable)
-primary            dict                task -> {metric, value, higher_is_better}
+primary            dict                task -> {metric, value, higher_is_better}; value null
+                                       when not computable (e.g. no valid pixel)
 delta_m            float | null        Δm (%) against the single-task baseline records
 delta_m_reason     str | null          why ``delta_m`` is null (required then)
 params             dict                total_trainable, adapter, decoder, backbone_other,
@@ -62,8 +63,9 @@ Not in the task brief, chosen here:
   (``FileExistsError``) and returns the existing path for an identical one, using a hard link
   (atomic, fails if the name exists) to publish the fsynced temporary file; ids carry a random
   suffix, so two writers of fresh records never collide.
-- Non-finite floats are written as ``null`` (strict JSON); the primary value of every task
-  must be finite, so a diverged run cannot enter a leaderboard unnoticed.
+- Non-finite floats are written as ``null`` (strict JSON), so a run whose metric could not be
+  computed (or diverged) is still recorded; readers treat a null primary value as missing
+  (no Δm, not averaged).
 - Baseline matching compares checkpoints by their file name (``pretrained_key``), not their
   full path, so the same weights on two machines still match; null matches only null.
 """
@@ -83,7 +85,7 @@ from mtlbench.tasks import DATASET_TASKS, TASKS
 
 __all__ = [
     'SCHEMA_VERSION', 'EVAL_PROTOCOLS', 'CHECKPOINTS', 'RUN_FIELDS', 'BENCH_FIELDS',
-    'PARAM_KEYS', 'ANY', 'new_run_id', 'new_bench_id', 'primary_from_metrics',
+    'PARAM_KEYS', 'BASELINE_METHOD', 'ANY', 'new_run_id', 'new_bench_id', 'primary_from_metrics',
     'make_run_record', 'make_bench_record', 'validate_record', 'write_record',
     'load_records', 'pretrained_key', 'comparability_key', 'collect_baseline', 'find_baseline',
     'compute_delta_m_for_record',
@@ -416,8 +418,11 @@ def _validate_run(rec: Mapping) -> List[str]:
                 continue
             spec = TASKS.get(task)
             value = entry.get('value')
-            if not _is_finite_number(value):
-                problems.append(f'primary[{task!r}].value is not a finite number: {value!r}')
+            if value is not None and not _is_finite_number(value):
+                problems.append(f'primary[{task!r}].value is not a finite number or null: '
+                                f'{value!r}')
+            if 'value' not in entry:
+                problems.append(f'primary[{task!r}].value missing')
             if spec is not None:
                 if entry.get('metric') != spec.primary_metric:
                     problems.append(f'primary[{task!r}].metric is {entry.get("metric")!r}, '
@@ -679,7 +684,8 @@ def collect_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
         if want_pre is not None and pretrained_key(rec.get('pretrained')) != want_pre:
             continue
         for task in tasks:
-            if task in (rec.get('primary') or {}):
+            entry = (rec.get('primary') or {}).get(task)
+            if isinstance(entry, Mapping) and _is_finite_number(entry.get('value')):
                 out[task].append(rec)
     return out
 
@@ -716,8 +722,9 @@ def find_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
                              tasks, pretrained=pretrained)
     missing = [t for t in tasks if not found[t]]
     if missing:
+        keys = _describe_keys(dataset, backbone, img_size, eval_protocol, synthetic, pretrained)
         return None, (f'no single_task baseline record for task(s) {", ".join(missing)} '
-                      f'({_describe_keys(dataset, backbone, img_size, eval_protocol, synthetic, pretrained)})')
+                      f'({keys})')
     values = {t: sum(r['primary'][t]['value'] for r in found[t]) / len(found[t]) for t in tasks}
     return values, None
 
@@ -750,6 +757,9 @@ def compute_delta_m_for_record(record: Mapping, all_records: Iterable[Mapping],
         record['eval_protocol'], record['synthetic'], tasks, pretrained=record.get('pretrained'))
     if baseline is None:
         return None, reason
+    null = [t for t in tasks if not _is_finite_number(record['primary'][t].get('value'))]
+    if null:
+        return None, f'primary metric not computed for {", ".join(null)}'
     fn, reason = _delta_m_function()
     if fn is None:
         return None, reason

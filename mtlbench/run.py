@@ -62,12 +62,27 @@ class RunOptions:
     cfg_options: Dict[str, Any] = field(default_factory=dict)
     synthetic_samples: Optional[int] = None
     max_samples: Optional[int] = None
+    eval_only: Optional[str] = None
+    eval_before_train: bool = False
 
 
 @HOOKS.register_module()
 class MetricsCaptureHook(Hook):
-    """Keeps the metrics of the last evaluation on the runner (``runner.mtl_last_metrics``)."""
+    """Keeps the metrics of the last evaluation on the runner (``runner.mtl_last_metrics``).
+
+    Args:
+        eval_before_train: also score the model before the first iteration (kept as
+            ``runner.mtl_initial_metrics``): a sanity baseline that training must beat.
+    """
     priority = 'LOWEST'
+
+    def __init__(self, eval_before_train: bool = False) -> None:
+        self.eval_before_train = eval_before_train
+
+    def before_train(self, runner) -> None:
+        if self.eval_before_train and runner.iter == 0:
+            runner.mtl_initial_metrics = dict(runner.val_loop.run())
+            runner.model.train()
 
     def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
         runner.mtl_last_metrics = dict(metrics or {})
@@ -185,7 +200,7 @@ def prepare_config(opts: RunOptions) -> Config:
     cfg.train_cfg.type = 'ResumableEpochBasedTrainLoop'
     cfg.randomness = dict(seed=opts.seed, deterministic=opts.deterministic)
     cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='IterSeedHook'),
-                                                              dict(type='MetricsCaptureHook')]
+                                                              dict(type='MetricsCaptureHook', eval_before_train=opts.eval_before_train)]
     if opts.amp:
         if not torch.cuda.is_available():
             raise RuntimeError('--amp needs a CUDA GPU (mmengine AmpOptimWrapper); run without --amp on CPU')
@@ -246,6 +261,8 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
         if ckpt is None:
             raise FileNotFoundError(f'--resume: no loadable checkpoint in {cfg.work_dir}')
         cfg.resume, cfg.load_from = True, ckpt
+    if opts.eval_only:
+        return _evaluate_only(opts, cfg)
     start = time.time()
     runner = MTLRunner.from_cfg(cfg)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
@@ -259,7 +276,29 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
     wall = time.time() - start
     if not is_main_process():
         return []
-    return [write_run_record(opts, cfg, model, metrics, wall)]
+    extras = {}
+    if getattr(runner, 'mtl_initial_metrics', None):
+        extras['initial_metrics'] = nest_metrics(runner.mtl_initial_metrics, model.tasks)
+    return [write_run_record(opts, cfg, model, metrics, wall, extras)]
+
+
+def _evaluate_only(opts: RunOptions, cfg: Config) -> List[Path]:
+    """Score a checkpoint on the val split (no training, no run record): writes
+    ``<work_dir>/eval_metrics.json`` and returns its path (rank 0)."""
+    import json
+
+    from mtlbench.engine import MTLRunner
+
+    cfg.load_from, cfg.resume = opts.eval_only, False
+    runner = MTLRunner.from_cfg(cfg)
+    metrics = runner.val()
+    if not is_main_process():
+        return []
+    path = Path(cfg.work_dir) / 'eval_metrics.json'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: float(v) for k, v in metrics.items()}, indent=1, sort_keys=True))
+    print_log(f'metrics of {opts.eval_only}: {path}', logger='current')
+    return [path]
 
 
 def nest_metrics(flat: Dict[str, float], tasks: Sequence[str]) -> Dict[str, Dict[str, float]]:
@@ -273,7 +312,7 @@ def nest_metrics(flat: Dict[str, float], tasks: Sequence[str]) -> Dict[str, Dict
 
 
 def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat_metrics: Dict[str, float],
-                     wall_time_s: float) -> Path:
+                     wall_time_s: float, extras: Optional[Dict[str, Any]] = None) -> Path:
     """Assemble and atomically write the run record; Δm against existing baseline records."""
     from mtlbench import records
 
@@ -290,7 +329,7 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
         epochs=int(cfg.train_cfg.max_epochs), iters=None, metrics=metrics,
         params=model.param_breakdown(), wall_time_s=round(wall_time_s, 2), device=_device_name(),
         torch_version=torch.__version__, config=as_plain(cfg.to_dict()),
-        **{k: v for k, v in method.record_extras(model).items()})
+        **{**method.record_extras(model), **(extras or {})})
     os.makedirs(opts.results_dir, exist_ok=True)
     existing, _ = records.load_records(opts.results_dir, kind='run')
     value, reason = records.compute_delta_m_for_record(rec, existing + [rec])

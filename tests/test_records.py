@@ -264,3 +264,18 @@ def test_pretrained_key():
     assert R.comparability_key(run_record()) == (
         'pascal_context', False, 'swin-t', (448, 448), 'resized-448',
         'swin_tiny_patch4_window7_224.pth')
+
+
+def test_uncomputable_metric_is_recorded_as_null(tmp_path):
+    rec = run_record(values=dict(FULL_FT, human_parts=float('nan')))
+    path = R.write_record(rec, tmp_path)  # NaN -> null: the run is still recorded
+    loaded, skipped = R.load_records(tmp_path)
+    assert skipped == [] and loaded[0]['primary']['human_parts']['value'] is None
+    value, reason = R.compute_delta_m_for_record(loaded[0], _baselines())
+    assert value is None and 'human_parts' in reason
+    base = _baselines(values={'human_parts': 61.93}) + [
+        run_record('single_task', '', seed=9, values={'human_parts': float('nan')})]
+    values, _ = R.find_baseline(base, 'pascal_context', 'swin-t', [448, 448], 'resized-448',
+                                False, ['human_parts'])
+    assert values['human_parts'] == pytest.approx(61.93 + 0.1)  # the null one is left out
+    assert path.exists()

@@ -133,6 +133,8 @@ def test_emit_slurm_script(tmp_path):
             "--seed 2 --dataset pascal_context --work-dir 'work dirs/x' --launcher pytorch") in text
     assert text.count('--launcher pytorch') == 6
     assert os.stat(path).st_mode & stat.S_IXUSR
+    assert (tmp_path / 'slurm_logs').is_dir()  # Slurm needs it before the job starts
+    assert 'mkdir -p slurm_logs && sbatch sweep.sbatch' in text
     if shutil.which('bash'):
         assert subprocess.run(['bash', '-n', str(path)]).returncode == 0
 
