@@ -8,11 +8,12 @@ import numpy as np
 import torch
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
 
 from mtlbench.engine.data import sample_seed
 from mtlbench.registry import HOOKS
 
-__all__ = ['IterSeedHook']
+__all__ = ['IterSeedHook', 'PlainCheckpointHook']
 
 
 @HOOKS.register_module()
@@ -36,3 +37,28 @@ class IterSeedHook(Hook):
         torch.manual_seed(s)
         np.random.seed(s)
         random.seed(s)
+
+
+@HOOKS.register_module()
+class PlainCheckpointHook(Hook):
+    """Store mmengine's ``HistoryBuffer`` log scalars as plain data in checkpoints.
+
+    A pickled ``HistoryBuffer`` carries bound methods (``getattr(HistoryBuffer, 'min')``), and
+    allowing ``getattr`` in a weights-only unpickler would allow almost anything. So buffers are
+    written as plain lists and rebuilt after loading (before mmengine restores the message hub).
+    """
+    priority = 'VERY_LOW'
+    _TAG = '__history_buffer__'
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
+        for key, buf in list(scalars.items()):
+            if isinstance(buf, HistoryBuffer):
+                scalars[key] = {self._TAG: True, 'log': np.asarray(buf._log_history).tolist(),
+                                'count': np.asarray(buf._count_history).tolist(), 'max_length': int(buf.max_length)}
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
+        for key, value in list(scalars.items()):
+            if isinstance(value, dict) and value.get(self._TAG):
+                scalars[key] = HistoryBuffer(value['log'], value['count'], value['max_length'])

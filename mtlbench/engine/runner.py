@@ -2,7 +2,8 @@
 
 * Checkpoints are written atomically (temp file in the same folder, fsync, ``os.replace``): a
   kill during a write never leaves a truncated ``.pth`` that a resume would read.
-* Checkpoints load through :func:`mtlbench.engine.checkpoint.safe_torch_load` (weights-only
+* Log history is stored as plain data (:class:`~mtlbench.engine.hooks.PlainCheckpointHook`) and
+  checkpoints load through :func:`mtlbench.engine.checkpoint.safe_torch_load` (weights-only
   with an allow-list), so resuming works on torch >= 2.6 without trusting arbitrary pickles.
 * SIGTERM / SIGINT (cluster pre-emption, Ctrl-C) stop training after the current iteration
   with a checkpoint saved (see :class:`mtlbench.engine.hooks.PreemptionHook`).
@@ -25,6 +26,9 @@ class MTLRunner(Runner):
     def __init__(self, *args, **kwargs) -> None:
         register_safe_loader()
         super().__init__(*args, **kwargs)
+        from mtlbench.engine.hooks import PlainCheckpointHook
+        if not any(isinstance(h, PlainCheckpointHook) for h in self.hooks):
+            self.register_hook(PlainCheckpointHook())
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         tmp_name = f'.{filename}.tmp{os.getpid()}'

@@ -1,0 +1,104 @@
+"""Interruption: a run killed (SIGKILL) or pre-empted (SIGTERM) mid-epoch resumes with
+``--resume`` and ends with the same weights and metrics as an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtl_testing import FAST, python_cmd, run_cli
+from mtlbench.engine import safe_torch_load
+
+EPOCHS = 3
+
+
+def _args(root, work_dir, results_dir):
+    return ['run', '--method', 'mtlora', '--data-root', root, '--work-dir', str(work_dir),
+            '--results-dir', str(results_dir), '--epochs', str(EPOCHS), '--batch-size', '2', '--num-workers', '0',
+            '--img-size', '224', '224'] + FAST + ['default_hooks.logger.interval=1']
+
+
+def _final_state(work_dir):
+    ckpt = safe_torch_load(str(Path(work_dir) / f'epoch_{EPOCHS}.pth'))
+    return ckpt['state_dict'], ckpt['meta']['iter']
+
+
+def _record(results_dir):
+    (path,) = list(Path(results_dir).glob('*.json'))
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(pascal_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp('uninterrupted')
+    assert run_cli(_args(pascal_root, base / 'w', base / 'runs')) == 0
+    return base
+
+
+def _wait_for(pattern: str, work_dir: Path, proc: subprocess.Popen, timeout: float = 400) -> None:
+    """Block until the run's log contains ``pattern``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for log in work_dir.glob('*/*.log'):
+            if pattern in log.read_text(errors='ignore'):
+                return
+        if proc.poll() is not None:
+            raise AssertionError(f'run exited early with {proc.returncode}')
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f'{pattern!r} never appeared in the log')
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    sa, ia = _final_state(a / 'w')
+    sb, ib = _final_state(b / 'w')
+    assert ia == ib
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6, msg=k)
+    ra, rb = _record(a / 'runs'), _record(b / 'runs')
+    for t in ra['metrics']:
+        for m, v in ra['metrics'][t].items():
+            assert rb['metrics'][t][m] == pytest.approx(v, rel=1e-5, abs=1e-6), (t, m)
+
+
+@pytest.mark.parametrize('how', ['SIGKILL', 'SIGTERM'])
+def test_interrupted_run_resumes_to_the_same_result(how, uninterrupted, pascal_root, tmp_path):
+    work = tmp_path / 'w'
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(python_cmd() + _args(pascal_root, work, tmp_path / 'runs'), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for('Epoch(train) [2][2/', work, proc)  # mid-way through the second epoch
+    proc.send_signal(getattr(signal, how))
+    rc = proc.wait(timeout=120)
+    if how == 'SIGTERM':
+        assert rc == 143 and (work / 'preempt.pth').is_file()  # stopped after the iteration, checkpoint saved
+    else:
+        assert rc == -signal.SIGKILL
+    assert not list(work.glob('.*.tmp*')), 'a half-written checkpoint was left behind'
+    assert not list((tmp_path / 'runs').glob('*.json')) if (tmp_path / 'runs').exists() else True
+    assert run_cli(_args(pascal_root, work, tmp_path / 'runs') + ['--resume']) == 0
+    _assert_same_run(uninterrupted, tmp_path)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(pascal_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match='no loadable checkpoint'):
+        run_cli(_args(pascal_root, tmp_path / 'empty', tmp_path / 'runs') + ['--resume'])
+
+
+def test_corrupt_newest_checkpoint_is_skipped(tmp_path, uninterrupted):
+    from mtlbench.engine import find_resumable_checkpoint
+    work = tmp_path / 'w'
+    work.mkdir()
+    src = uninterrupted / 'w'
+    for name in ('epoch_2.pth', 'epoch_3.pth'):
+        (work / name).write_bytes((src / name).read_bytes())
+    data = (work / 'epoch_3.pth').read_bytes()
+    (work / 'epoch_3.pth').write_bytes(data[: len(data) // 2])  # truncated
+    assert find_resumable_checkpoint(str(work)) == str(work / 'epoch_2.pth')
