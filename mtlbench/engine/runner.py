@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 
+from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
 from mtlbench.engine.checkpoint import register_safe_loader
@@ -33,6 +34,8 @@ class MTLRunner(Runner):
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         tmp_name = f'.{filename}.tmp{os.getpid()}'
         super().save_checkpoint(out_dir, tmp_name, *args, **kwargs)
+        if not is_main_process():  # mmengine writes checkpoints on rank 0 only
+            return
         tmp, final = osp.join(out_dir, tmp_name), osp.join(out_dir, filename)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
