@@ -20,7 +20,7 @@ trainable parameters, as the reference builds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import Dict, List
 
 from torch import nn
 
@@ -63,6 +63,18 @@ class MTLoRA(Method):
     def variant(self) -> str:
         c = self.config
         return f"{'plus ' if c.plus else ''}r={c.r}"
+
+    def adapter_breakdown(self, backbone: nn.Module) -> Dict[str, int]:
+        shared = task = 0
+        for m in backbone.modules():
+            if isinstance(m, (LoRALinear, TaskLoRALinear)):
+                for name, p in m.method_parameters():
+                    if p.requires_grad:
+                        if name.startswith('lora_task_'):
+                            task += p.numel()
+                        else:
+                            shared += p.numel()
+        return {'shared LoRA': shared, 'task LoRA': task}
 
     def adapt(self, backbone: nn.Module) -> List[str]:
         c = self.config

@@ -141,6 +141,10 @@ class Method:
         """Additional loss terms (keys must contain ``'loss'``)."""
         return {}
 
+    def adapter_breakdown(self, backbone: nn.Module) -> Dict[str, int]:
+        """Optional split of the method's trainable backbone parameters (e.g. shared / task)."""
+        return {}
+
     def record_extras(self, model: nn.Module) -> Dict[str, Any]:
         """JSON-able extras for the run record (e.g. FAAR's per-adapter rank history)."""
         return {}

@@ -61,12 +61,14 @@ def method_breakdown(method: str, dataset: str, tasks: Optional[Sequence[str]] =
         row = dict(name=f'{cfg.model.method.type} [{", ".join(group)}]', tasks=group,
                    variant=model.method.variant(), sites=list(model.adapted_sites))
         row.update(model.param_breakdown())
+        row['adapter_split'] = model.method.adapter_breakdown(model.backbone)
         row['decoder_per_task'] = {t: sum(p.numel() for p in model.decoder.heads[t].parameters()
                                           if p.requires_grad)
                                    for t in group} if hasattr(model.decoder, 'heads') else {}
         rows.append(row)
     if len(rows) > 1:
-        total = dict(name='total', tasks=all_tasks, variant=rows[0]['variant'], sites=[], decoder_per_task={})
+        total = dict(name='total', tasks=all_tasks, variant=rows[0]['variant'], sites=[], decoder_per_task={},
+                     adapter_split={})
         for c in COLUMNS:
             total[c] = sum(r[c] for r in rows)
         rows.append(total)
@@ -83,6 +85,8 @@ def format_breakdown(rows: List[Dict], per_layer: bool = False) -> str:
              'parameters (patch embedding, norms, position tables, reductions); encoder_trainable = adapter + '
              'backbone_other; total = all parameters at inference.']
     for r in rows:
+        if r.get('adapter_split'):
+            notes.append(f'{r["name"]} adapter = ' + ' + '.join(f'{k} {n:,}' for k, n in r['adapter_split'].items()))
         if r.get('decoder_per_task'):
             notes.append(f'{r["name"]} heads: ' + ', '.join(f'{t} {n:,}' for t, n in r['decoder_per_task'].items()))
         if per_layer and r.get('sites'):
