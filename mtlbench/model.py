@@ -6,7 +6,6 @@ identical across methods. ``train_step`` sums every loss key, so per-task losses
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -111,6 +110,10 @@ class MultiTaskModel(BaseModel):
         """One dict per sample: ``{'pred': {task: tensor}, 'gt': {task: tensor}}``."""
         from mtlbench.losses import postprocess
 
+        for t in self.tasks:
+            if not torch.isfinite(raw[t]).all():
+                raise NonFiniteLossError(f'predictions of task {t!r} are not finite (the weights diverged); '
+                                         'metrics cannot be computed')
         preds = {t: postprocess(t, raw[t]) for t in self.tasks}
         batch = next(iter(preds.values())).shape[0]
         out = []

@@ -1,0 +1,99 @@
+"""Bad input gets one clear line naming the problem (exit code 2), never a deep traceback; a loss
+that turns NaN stops the run naming the task; nothing is written into the dataset or weights
+folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtlbench.cli import main
+from mtl_testing import FAST, run_cli
+
+
+def _err(capsys, argv) -> str:
+    rc = main(argv)
+    assert rc == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_method_lists_the_valid_ones(capsys):
+    err = _err(capsys, ['params', '--method', 'lora_xl'])
+    assert "unknown method 'lora_xl'" in err and 'mtlora' in err and 'full_ft' in err
+
+
+def test_unknown_dataset_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(['run', '--method', 'mtlora', '--dataset', 'cityscapes'])
+    assert "invalid choice: 'cityscapes'" in capsys.readouterr().err
+
+
+def test_task_the_dataset_lacks(capsys, nyud_root):
+    err = _err(capsys, ['run', '--method', 'full_ft', '--dataset', 'nyudv2', '--data-root', nyud_root,
+                        '--tasks', 'human_parts'])
+    assert "task(s) ['human_parts'] not in dataset 'nyudv2'" in err and 'depth' in err
+
+
+def test_override_of_a_missing_key(capsys):
+    err = _err(capsys, ['params', '--method', 'mtlora', '--cfg-options', 'model.backbone.drop_pathrate=0.1'])
+    assert "no key 'model.backbone.drop_pathrate'" in err and 'model.backbone.drop_path_rate' in err
+
+
+def test_missing_data_root(capsys, tmp_path):
+    err = _err(capsys, ['run', '--method', 'mtlora', '--data-root', str(tmp_path / 'nope')])
+    assert 'does not exist' in err and 'nope' in err
+
+
+def test_listed_files_absent_are_summarised(capsys, tmp_path, pascal_root):
+    import shutil
+    root = tmp_path / 'pascal'
+    shutil.copytree(pascal_root, root)
+    for p in sorted((root / 'JPEGImages').glob('*.jpg'))[:3]:
+        p.unlink()
+    err = _err(capsys, ['run', '--method', 'full_ft', '--data-root', str(root), '--work-dir', str(tmp_path / 'w')]
+               + FAST)
+    assert 'JPEGImages' in err and '3' in err
+
+
+def test_pretrained_of_another_architecture(capsys, tmp_path, pascal_root):
+    ckpt = tmp_path / 'other.pth'
+    torch.save({'encoder.layer.0.weight': torch.zeros(4, 4)}, ckpt)
+    err = _err(capsys, ['run', '--method', 'mtlora', '--data-root', pascal_root, '--pretrained', str(ckpt),
+                        '--work-dir', str(tmp_path / 'w')])
+    assert 'does not fit a Swin-tiny backbone' in err and str(ckpt) in err
+
+
+def test_nan_loss_stops_naming_the_task(pascal_root, tmp_path):
+    from mtlbench.model import NonFiniteLossError
+    args = ['run', '--method', 'full_ft', '--data-root', pascal_root, '--work-dir', str(tmp_path / 'w'),
+            '--results-dir', str(tmp_path / 'runs'), '--epochs', '1', '--num-workers', '0', '--batch-size', '2',
+            '--img-size', '224', '224'] + FAST + ['optim_wrapper.optimizer.lr=1e30']
+    with pytest.raises(NonFiniteLossError, match=r"loss of task '\w+' is (nan|inf|-inf) at iteration \d+"):
+        run_cli(args)
+    assert not list((tmp_path / 'runs').glob('*.json')) if (tmp_path / 'runs').exists() else True
+
+
+def test_pretrained_weights_survive_training_and_nothing_is_written_into_inputs(pascal_root, tmp_path):
+    """The Runner calls model.init_weights() at train start; the loaded backbone must survive it.
+    And neither the dataset root nor the weights folder is touched."""
+    from mtlbench.backbones.swin import SwinBackbone
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    torch.save(SwinBackbone('toy', (224, 224)).state_dict(), weights / 'toy.pth')
+
+    def snapshot(folder):
+        return {str(p): p.stat().st_mtime_ns for p in Path(folder).rglob('*')}
+
+    before_data, before_w = snapshot(pascal_root), snapshot(weights)
+    assert run_cli(['run', '--method', 'decoder_only', '--data-root', pascal_root, '--pretrained',
+                    str(weights / 'toy.pth'), '--work-dir', str(tmp_path / 'w'), '--results-dir',
+                    str(tmp_path / 'runs'), '--epochs', '1', '--num-workers', '0', '--img-size', '224', '224']
+                   + FAST) == 0
+    assert snapshot(pascal_root) == before_data and snapshot(weights) == before_w
+    from mtlbench.engine import safe_torch_load
+    trained = safe_torch_load(str(tmp_path / 'w' / 'epoch_1.pth'))['state_dict']
+    loaded = torch.load(weights / 'toy.pth', weights_only=True)
+    for k, v in loaded.items():  # decoder_only: the whole backbone is frozen at its pretrained values
+        torch.testing.assert_close(trained[f'backbone.{k}'], v, rtol=0, atol=0, msg=k)
