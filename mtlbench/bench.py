@@ -1,0 +1,186 @@
+"""``mtlbench bench``: training / inference throughput, peak memory and FLOPs of a method on
+synthetic tensors (no data needed), written as a bench record the leaderboard picks up.
+
+Timing follows the usual rules: warm-up iterations first (allocator, autotuning, compilation),
+then ``iters`` timed iterations, each synchronised on CUDA; the median and the spread (min /
+max) are reported. FLOPs come from torch's own ``FlopCounterMode`` on one forward pass of one
+image (matmuls and convolutions; elementwise ops are not counted).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.logging import MMLogger
+
+__all__ = ['BenchOptions', 'bench', 'measure', 'synthetic_batch', 'merge_adapters']
+
+
+@dataclass
+class BenchOptions:
+    method: str
+    dataset: str = 'pascal_context'
+    device: str = 'cpu'
+    batch_size: int = 2
+    amp: str = 'off'
+    compile: bool = False
+    img_size: Tuple[int, int] = (448, 448)
+    iters: int = 10
+    warmup: int = 3
+    out_dir: str = 'results/bench'
+    merged: bool = False
+    arch: str = 'tiny'
+    config: Optional[str] = None
+
+
+def synthetic_batch(model, batch: int, size: Sequence[int], device: torch.device):
+    """Random images and targets in the formats of ``mtlbench.tasks``."""
+    H, W = size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, H, W, generator=g)
+    targets = {}
+    for t in model.tasks:
+        if t in ('semseg', 'human_parts'):
+            n = model.decoder.heads[t].conv2.out_channels if hasattr(model.decoder, 'heads') else 2
+            targets[t] = torch.randint(0, n, (batch, H, W), generator=g)
+        elif t == 'sal':
+            targets[t] = torch.randint(0, 2, (batch, H, W), generator=g)
+        elif t == 'normals':
+            targets[t] = torch.nn.functional.normalize(torch.randn(batch, 3, H, W, generator=g), dim=1)
+        elif t == 'depth':
+            targets[t] = torch.rand(batch, 1, H, W, generator=g) * 5 + 0.1
+    return x.to(device), {k: v.to(device) for k, v in targets.items()}
+
+
+def merge_adapters(model) -> List[str]:
+    """Fold every mergeable adapter into its frozen weight; returns the merged module names."""
+    merged = []
+    for name, m in model.named_modules():
+        if hasattr(m, 'merge') and hasattr(m, 'base_layer'):
+            try:
+                m.merge()
+                merged.append(name)
+            except NotImplementedError:
+                pass
+    return merged
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, iters: int, warmup: int, device: torch.device, label: str = '') -> Dict[str, float]:
+    """Median / min / max seconds of ``fn()`` over ``iters`` timed calls after ``warmup``."""
+    logger = MMLogger.get_current_instance()
+    for i in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for i in range(iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        logger.info(f'bench {label}: iteration {i + 1}/{iters} {times[-1] * 1000:.1f} ms')
+    return dict(median=statistics.median(times), min=min(times), max=max(times), n=len(times))
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == 'off':
+        return contextlib.nullcontext()
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def _flops_per_image(model, size, device) -> Optional[float]:
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.randn(1, 3, *size, device=device)
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+
+
+def bench(opts: BenchOptions) -> Path:
+    """Measure and write a bench record; returns its path."""
+    from mtlbench import records
+    from mtlbench.params import build_model_from_config
+
+    logger = MMLogger.get_current_instance()
+    if opts.device == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('--device cuda but no CUDA device is available')
+    device = torch.device(opts.device)
+    size = tuple(opts.img_size)
+    model = build_model_from_config(opts.method, opts.dataset, config=opts.config, cfg_options={
+        'model.backbone.arch': opts.arch, 'model.backbone.img_size': size})
+    model.to(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    x, targets = synthetic_batch(model, opts.batch_size, size, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=1e-5)
+    fwd = torch.compile(model) if opts.compile else model
+
+    def train_step():
+        model.train()
+        with _autocast(device, opts.amp):
+            losses = fwd(x, targets, mode='loss')
+        loss = sum(losses.values())
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+
+    logger.info(f'bench {opts.method}: training step, batch {opts.batch_size}, {size[0]}x{size[1]}, '
+                f'{device}, amp={opts.amp}, compile={opts.compile}')
+    train = measure(train_step, opts.iters, opts.warmup, device, 'train')
+    train_peak = _peak_memory_mb(device)
+
+    merged = merge_adapters(model) if opts.merged else []
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+
+    @torch.no_grad()
+    def infer_step():
+        model.eval()
+        with _autocast(device, opts.amp):
+            fwd(x)
+
+    infer = measure(infer_step, opts.iters, opts.warmup, device, 'inference')
+    infer_peak = _peak_memory_mb(device)
+    flops = _flops_per_image(model, size, device)
+    rec = records.make_bench_record(
+        method=opts.method, variant=model.method.variant(), dataset=opts.dataset, device=_device_name(device),
+        batch_size=opts.batch_size, img_size=list(size), amp=opts.amp if opts.amp != 'off' else False,
+        train_img_s=opts.batch_size / train['median'], infer_img_s=opts.batch_size / infer['median'],
+        peak_mem_mb=round(max(train_peak, infer_peak), 1), train_peak_mem_mb=round(train_peak, 1),
+        infer_peak_mem_mb=round(infer_peak, 1), flops_per_img=flops, train_step_s=train, infer_step_s=infer,
+        compile=opts.compile, merged=opts.merged, merged_modules=len(merged), arch=opts.arch,
+        tasks=list(model.tasks), params=model.param_breakdown(), torch_version=torch.__version__,
+        notes='synthetic tensors; peak memory is the CUDA allocator peak on GPU, process max RSS on CPU')
+    path = records.write_record(rec, opts.out_dir)
+    logger.info(f'bench {opts.method}: train {rec["train_img_s"]:.2f} img/s, inference {rec["infer_img_s"]:.2f} '
+                f'img/s, peak {rec["peak_mem_mb"]:.0f} MB, {flops / 1e9:.1f} GFLOPs/img -> {path}')
+    return path
