@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import List
 
 #: Options that make a run CPU-fast and able to learn in a few iterations: a toy Swin (dims
-#: 16..128) and narrow decoder channels, a fixed learning rate (not scaled by batch / 512).
-FAST = ['--cfg-options', 'model.backbone.arch=toy', 'model.backbone.drop_path_rate=0.1',
+#: 16..128, 4x4 windows so that 128x128 inputs work), narrow decoder channels, and a fixed
+#: learning rate (not scaled by batch / 512).
+IMG = ['--img-size', '128', '128']
+FAST = ['--cfg-options', 'model.backbone.arch=toy', 'model.backbone.window_size=4', 'model.backbone.drop_path_rate=0.1',
         'model.decoder.channels=(4,8,8,8)', 'optim_wrapper.optimizer.lr=0.001', 'auto_scale_lr.enable=False']
 
 

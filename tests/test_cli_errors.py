@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtlbench.cli import main
-from mtl_testing import FAST, run_cli
+from mtl_testing import FAST, IMG, run_cli
 
 
 def _err(capsys, argv) -> str:
@@ -69,7 +69,7 @@ def test_nan_loss_stops_naming_the_task(pascal_root, tmp_path):
     from mtlbench.model import NonFiniteLossError
     args = ['run', '--method', 'full_ft', '--data-root', pascal_root, '--work-dir', str(tmp_path / 'w'),
             '--results-dir', str(tmp_path / 'runs'), '--epochs', '1', '--num-workers', '0', '--batch-size', '2',
-            '--img-size', '224', '224'] + FAST + ['optim_wrapper.optimizer.lr=1e30']
+            *IMG] + FAST + ['optim_wrapper.optimizer.lr=1e30']
     with pytest.raises(NonFiniteLossError, match=r"loss of task '\w+' is (nan|inf|-inf) at iteration \d+"):
         run_cli(args)
     assert not list((tmp_path / 'runs').glob('*.json')) if (tmp_path / 'runs').exists() else True
@@ -89,7 +89,7 @@ def test_pretrained_weights_survive_training_and_nothing_is_written_into_inputs(
     before_data, before_w = snapshot(pascal_root), snapshot(weights)
     assert run_cli(['run', '--method', 'decoder_only', '--data-root', pascal_root, '--pretrained',
                     str(weights / 'toy.pth'), '--work-dir', str(tmp_path / 'w'), '--results-dir',
-                    str(tmp_path / 'runs'), '--epochs', '1', '--num-workers', '0', '--img-size', '224', '224']
+                    str(tmp_path / 'runs'), '--epochs', '1', '--num-workers', '0', *IMG]
                    + FAST) == 0
     assert snapshot(pascal_root) == before_data and snapshot(weights) == before_w
     from mtlbench.engine import safe_torch_load

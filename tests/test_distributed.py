@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_testing import FAST, read_records, run_cli
+from mtl_testing import FAST, IMG, read_records, run_cli
 
 
 def _free_port() -> int:
@@ -32,7 +32,7 @@ def _torchrun(args, timeout=600, **kw):
 def _common(root, tmp_path, name):
     return ['run', '--method', 'mtlora', '--data-root', root, '--work-dir', str(tmp_path / name),
             '--results-dir', str(tmp_path / f'runs_{name}'), '--epochs', '1', '--batch-size', '2',
-            '--num-workers', '0', '--img-size', '224', '224'] + FAST
+            '--num-workers', '0', *IMG] + FAST
 
 
 @pytest.fixture(scope='module')

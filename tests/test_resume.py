@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_testing import FAST, python_cmd, run_cli
+from mtl_testing import FAST, IMG, python_cmd, run_cli
 from mtlbench.engine import safe_torch_load
 
 EPOCHS = 3
@@ -21,7 +21,7 @@ EPOCHS = 3
 def _args(root, work_dir, results_dir):
     return ['run', '--method', 'mtlora', '--data-root', root, '--work-dir', str(work_dir),
             '--results-dir', str(results_dir), '--epochs', str(EPOCHS), '--batch-size', '2', '--num-workers', '0',
-            '--img-size', '224', '224'] + FAST + ['default_hooks.logger.interval=1']
+            *IMG] + FAST + ['default_hooks.logger.interval=1']
 
 
 def _final_state(work_dir):

@@ -9,7 +9,7 @@ import pytest
 import mtlbench.methods  # noqa: F401
 from mtlbench.evaluation.delta_m import delta_m
 from mtlbench.registry import METHODS
-from mtl_testing import FAST, read_records, run_cli, scalars
+from mtl_testing import FAST, IMG, read_records, run_cli, scalars
 
 METHOD_NAMES = sorted(METHODS.module_dict)
 
@@ -29,7 +29,7 @@ def test_every_method_trains_on_synthetic_pascal(method, pascal_root, tmp_path):
     extra = ['--tasks', 'semseg'] if METHODS.get(method).one_model_per_task else []
     rc = run_cli(['run', '--method', method, '--data-root', pascal_root, '--work-dir', str(tmp_path / 'w'),
                   '--results-dir', str(tmp_path / 'runs'), '--epochs', '4', '--batch-size', '2',
-                  '--img-size', '224', '224', '--eval-before-train', '--num-workers', '0'] + extra + FAST)
+                  *IMG, '--eval-before-train', '--num-workers', '0'] + extra + FAST)
     assert rc == 0
     (rec,) = read_records(tmp_path / 'runs')
     assert rec['method'] == method and rec['dataset'] == 'pascal_context'
@@ -49,17 +49,17 @@ def test_every_method_trains_on_synthetic_pascal(method, pascal_root, tmp_path):
 def test_default_run_without_data_uses_synthetic_dataset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv('MTLBENCH_CACHE', str(tmp_path / 'cache'))
-    rc = run_cli(['run', '--method', 'decoder_only', '--epochs', '1', '--synthetic-samples', '8'] + FAST)
+    rc = run_cli(['run', '--method', 'decoder_only', '--epochs', '1', '--synthetic-samples', '8', *IMG] + FAST)
     assert rc == 0
     (rec,) = read_records(tmp_path / 'results' / 'runs')
-    assert rec['synthetic'] is True and rec['img_size'] == [224, 224]
+    assert rec['synthetic'] is True and rec['img_size'] == [128, 128]
     assert (tmp_path / 'cache').is_dir()
 
 
 def test_nyud_data_root_run(nyud_root, tmp_path):
     rc = run_cli(['run', '--method', 'full_ft', '--dataset', 'nyudv2', '--data-root', nyud_root,
                   '--work-dir', str(tmp_path / 'w'), '--results-dir', str(tmp_path / 'runs'), '--epochs', '1',
-                  '--img-size', '224', '224', '--num-workers', '0'] + FAST)
+                  *IMG, '--num-workers', '0'] + FAST)
     assert rc == 0
     (rec,) = read_records(tmp_path / 'runs')
     assert rec['tasks'] == ['semseg', 'depth', 'normals']
@@ -68,7 +68,7 @@ def test_nyud_data_root_run(nyud_root, tmp_path):
 
 def test_single_task_baselines_give_delta_m(pascal_root, tmp_path):
     common = ['--data-root', pascal_root, '--results-dir', str(tmp_path / 'runs'), '--epochs', '1',
-              '--img-size', '224', '224', '--num-workers', '0', '--tasks', 'semseg', 'sal'] + FAST
+              *IMG, '--num-workers', '0', '--tasks', 'semseg', 'sal'] + FAST
     assert run_cli(['run', '--method', 'single_task', '--work-dir', str(tmp_path / 'st')] + common) == 0
     recs = read_records(tmp_path / 'runs')
     assert sorted(r['tasks'][0] for r in recs) == ['sal', 'semseg']

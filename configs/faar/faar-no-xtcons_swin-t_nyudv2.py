@@ -1,0 +1,3 @@
+_base_ = ['./faar-full_swin-t_nyudv2.py']
+# Ablation "+ TS-PD": PDRS + DoRA + TS-PD without the cross-task consensus (CW-SP only).
+model = dict(method=dict(xtcons=False))

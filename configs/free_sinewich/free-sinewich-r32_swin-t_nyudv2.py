@@ -1,0 +1,8 @@
+# Free Sinewich, r=32 (paper, PASCAL-Context: 4.04M).
+_base_ = [
+    '../_base_/models/swin-t_hrnet.py',
+    '../_base_/datasets/nyudv2.py',
+    '../_base_/schedules/adamw_300e.py',
+    '../_base_/default_runtime.py',
+]
+model = dict(method=dict(type='free_sinewich', r=32))

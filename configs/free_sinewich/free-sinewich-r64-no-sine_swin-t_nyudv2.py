@@ -1,0 +1,8 @@
+# Ablation 'w/o sine' (paper, PASCAL-Context: 6.53M): task kernels w_t M instead of sin(w_t M).
+_base_ = [
+    '../_base_/models/swin-t_hrnet.py',
+    '../_base_/datasets/nyudv2.py',
+    '../_base_/schedules/adamw_300e.py',
+    '../_base_/default_runtime.py',
+]
+model = dict(method=dict(type='free_sinewich', r=64, sine=False))

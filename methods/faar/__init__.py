@@ -1,0 +1,86 @@
+"""FAAR: frequency-aware multi-task fine-tuning with automatic rank selection.
+
+Fontana, Spratling, Shi. "FAAR: Efficient Frequency-Aware Multi-Task Fine-Tuning via Automatic
+Rank Selection", CVPR 2026, arXiv 2603.20403. No public code was available: this package is an
+independent reconstruction from the paper's description (``shared/reference/methods.md``) on
+mtlbench's stream-major Swin-T + HRNet pipeline, and it is the reference implementation here.
+
+Three parts, each switchable for the paper's ablations:
+
+* **DoRA adapters** (:mod:`.dora`; DoRA: arXiv 2402.09353) on ``qkv``, ``proj``, ``fc1``,
+  ``fc2``: one shared adapter per linear in every block except the last block of each stage,
+  one adapter per task in those last blocks (blocks 2, 4, 10, 12 of Swin-T), initial rank 64.
+  Magnitude ``m`` per output unit starts at the frozen weight's row norms and ``B = 0``, so the
+  adapted backbone starts as the pretrained one (tested).
+* **PDRS** (:mod:`.pdrs`): random prefix masking in training, per-component scores
+  ``1/2 (|<A_i, dL/dA_i>| + |<B_i, dL/dB_i>|)`` read by gradient hooks, EMA-smoothed; at the end
+  of every epoch each adapter keeps the fewest top-scored components covering ``rho = 0.95`` of
+  its score and drops the rest for good (real tensors shrink; optimizer state, checkpoints,
+  resume and DDP handled). :class:`~.pdrs.PDRSHook` (from :meth:`FAAR.runner_hooks`) does it in
+  mmengine. ``record_extras`` gives the per-adapter ``rank_history``;
+  :func:`~.pdrs.format_rank_table` / :func:`~.pdrs.plot_rank_history` show it.
+* **TS-PD** (:mod:`.tspd`) via :meth:`FAAR.adapt_decoder`: per task and resolution a spectral
+  filter with scale and shift (CW-SP) and the cross-task spectral consensus (XT-Cons), in front
+  of the HRNet heads; starts as the identity (tested).
+
+Trainable besides the method: patch embedding, LayerNorms, relative-position tables and the
+decoder. The PatchMerging reductions are **frozen** (``train_reductions=False``): the paper's
+3.38M on PASCAL is out of reach with their 1.55M trainable.
+
+Parameter counts (PASCAL, 4 tasks, 448x448, defaults; ``param_breakdown``): at the initial rank
+64, 11,572,714 trainable (adapters 9,024,288; decoder with TS-PD 2,497,168 of which TS-PD
+550,544; other backbone 51,258). With every adapter at rank 5 (the paper's final average rank
+is about 5): 3,325,930 (adapters 777,504), 1.6% below the paper's 3.38M; NYUDv2 (3 tasks) at
+rank 5: 2,595,098 (paper: 2.85M). The real count depends on the ranks PDRS leaves, so a run
+reports it after training with the per-layer rank table.
+
+Not in paper (each one a :class:`~.config.FAARConfig` option):
+
+* Adapted linears: ``qkv, proj, fc1, fc2`` (``kinds``) and, per task in the last blocks, all
+  four (``task_kinds``): the task streams fork at ``qkv``, so attention in a last block runs per
+  task stream. That costs compute: a 448x448 forward/backward took about 1.5x MTLoRA's CPU time
+  (about 1.1x with ``task_kinds=('proj', 'fc1', 'fc2')``, MTLoRA's fork point, which gives
+  3,226,570 parameters at rank 5).
+* Ranks are capped at ``min(in_features, out_features)`` (only matters on the toy backbone).
+* Task stream ``t`` of a task-adapted linear: ``W'_t x_t + b`` with task ``t``'s own DoRA weight
+  on its own input (not MTLoRA's ``W x_shared + B_t A_t x_t``).
+* Shared stream of a task block (it feeds the next stage): the frozen ``W x_0 + b``
+  (``task_block_shared='frozen'``, the literal reading of "shared in non-last blocks");
+  ``'adapter'`` gives it its own shared DoRA, MTLoRA-style (never in the backbone's final block,
+  whose shared stream is unused): 3,385,738 parameters at rank 5.
+* Scale of ``B A``: a plain multiplier 4.0 (``scale``, as the pipeline's LoRA), constant under
+  prefix masking (not rescaled by ``r / b``); dropout 0.05 on the low-rank path (``dropout``).
+* DoRA norm: exact gradient through ``||W + s B A||`` (``detach_norm=False``).
+* PDRS details: EMA ``beta = 0.85`` with bias correction; components outside the prefix keep
+  their EMA (``score_inactive``); kept components keep their order (``keep_order``);
+  ``rho_shared`` / ``rho_task`` separately; ``min_rank = 1``; prune after every epoch from the
+  first (``prune_interval``, ``prune_begin``, ``prune_end``, ``prune_by_epoch=False`` for
+  iteration schedules); under DDP each rank scores its own gradients (the score buffers are
+  kept out of DDP's buffer broadcast), scores are averaged over ranks at prune time, rank 0's
+  decision is broadcast, and the DDP wrapper is rebuilt after each prune. See :mod:`.pdrs`.
+* TS-PD details: after the per-task channel downsampler (``tspd_position``), complex filters
+  (``tspd_filter``), per-channel scale / shift, scalar ``alpha_low`` / ``alpha_high`` per task
+  and resolution, XT-Cons on the CW-SP outputs, low-frequency disc of radius 0.25
+  cycles/sample (``xtcons_radius``). See :mod:`.tspd`.
+
+* Weight decay (``configs/faar/``): none on the DoRA magnitudes (per-task ones are 2-D, which
+  the base recipe's 1-D exemption would miss) nor on TS-PD's parameters, which start at a
+  non-zero identity; the low-rank ``A`` / ``B`` keep the recipe's 0.05.
+
+Ablation rows (``configs/faar/``): DoRA without PDRS (``pdrs=False, tspd=False``); PDRS with
+LoRA (``adapter='lora', tspd=False``); PDRS + DoRA without TS-PD (``tspd=False``); TS-PD
+without XT-Cons (``xtcons=False``).
+"""
+from .config import FAARConfig
+from .dora import FAARLinear, FAARTaskLinear, dora_coefficient
+from .method import FAAR
+from .pdrs import (LowRankUnit, PDRSHook, average_rank, final_ranks, format_rank_table, ignore_pdrs_buffers_in_ddp,
+                   iter_units, plot_rank_history, prune_model, rank_history, rebuild_ddp, replace_in_optimizer,
+                   rewrap_runner_model, select_components, torch_optimizers, truncate_ranks)
+from .tspd import SpectralScale, TaskSpectralPyramid, TSPDDecoder, low_frequency_mask
+
+__all__ = ['FAAR', 'FAARConfig', 'FAARLinear', 'FAARTaskLinear', 'dora_coefficient', 'LowRankUnit', 'PDRSHook',
+           'select_components', 'iter_units', 'prune_model', 'truncate_ranks', 'replace_in_optimizer',
+           'torch_optimizers', 'rebuild_ddp', 'rewrap_runner_model', 'ignore_pdrs_buffers_in_ddp', 'rank_history',
+           'final_ranks', 'average_rank', 'format_rank_table', 'plot_rank_history', 'SpectralScale',
+           'TaskSpectralPyramid', 'TSPDDecoder', 'low_frequency_mask']

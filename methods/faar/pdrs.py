@@ -1,0 +1,720 @@
+"""PDRS (Performance-Driven Rank Shrinking): prefix masking, component scores, pruning.
+
+Each adapter's low-rank pair lives in a :class:`LowRankUnit` (``faar_A [r, in]``,
+``faar_B [out, r]``). PDRS (FAAR, arXiv 2603.20403) does three things with it:
+
+1. **Prefix masking.** In training every forward keeps a random prefix of
+   ``b ~ U{1, ..., r}`` components (``A[:b]``, ``B[:, :b]``); evaluation uses all ``r``.
+2. **Scores.** Component ``i``'s score is ``1/2 (|<A_i, dL/dA_i>| + |<B_i, dL/dB_i>|)``, read
+   by ``register_post_accumulate_grad_hook`` hooks on ``faar_A`` / ``faar_B`` -- i.e. inside
+   ``backward``, before mmengine's ``OptimWrapper.update_params`` steps and zeroes the
+   gradients, and also under DDP, where ``MMDistributedDataParallel.train_step`` never calls
+   the model's own ``train_step``. The hooks run before DDP's reducer marks the gradient ready,
+   so they see the rank-local gradient. Scores are smoothed by an EMA (``beta``) with Adam-style
+   bias correction per component (components deep in the rank are active in few batches).
+3. **Pruning** (:func:`prune_model`): at the end of every epoch (or every N iterations) keep
+   the fewest top-scored components whose scores cover ``rho`` of the unit's total, and drop
+   the rest for good. The parameter tensors really shrink (new, smaller ``nn.Parameter``
+   objects), the optimizer is fixed up (``param_groups`` references swapped, AdamW
+   ``exp_avg`` / ``exp_avg_sq`` sliced to the kept components), and under DDP the scores are
+   all-reduced first, the decision is broadcast from rank 0, and the DDP wrapper is rebuilt
+   (its buckets were sized for the old parameters).
+
+Checkpoints: the smaller tensors are what ``state_dict`` holds. A model built at the initial
+rank loads a pruned checkpoint: :meth:`LowRankUnit._load_from_state_dict` resizes
+``faar_A`` / ``faar_B`` *in place* (``param.data = ...``), so the optimizer mmengine's Runner
+built before ``resume()`` still holds the same parameter objects and the pruned optimizer state
+loads onto them; :class:`PDRSHook` then rebuilds the DDP wrapper in ``before_train``. (The
+in-place resize first sets data of another dtype, which unlinks a gradient accumulator that a
+live graph or the old DDP reducer may still hold; otherwise autograd would check the new
+gradients against the old shape.)
+
+Not in paper (chosen; ``beta``, ``score_inactive``, ``keep_order``, ``min_rank`` and the prune
+schedule are :class:`~mtlbench.methods.faar.config.FAARConfig` options):
+
+* EMA factor ``beta``: 0.85 (AdaLoRA's smoothing of the same kind of ``|theta * grad|``
+  sensitivity, arXiv 2303.10512), with per-component bias correction.
+* Components outside the current prefix: their EMA is left unchanged (``score_inactive='keep'``);
+  ``'zero'`` counts them as a zero score instead.
+* Kept components keep their original order (``keep_order='index'``); ``'score'`` reorders
+  them by score so that the prefix holds the most important ones.
+* Under DDP the EMA-smoothed, bias-corrected scores are averaged over ranks before deciding
+  (the score of the averaged gradient is not available: the hooks run before the all-reduce).
+* With gradient accumulation, scores are read after each micro-batch from the gradient
+  accumulated so far.
+* A unit whose scores are all zero (never trained) is not pruned. No unit goes below
+  ``min_rank`` (1).
+* Under AMP, gradients are divided by the loss scaler's current scale (set by
+  :class:`PDRSHook`) and non-finite scores are skipped.
+* The rank history records the initial rank and every change (not unchanged epochs).
+"""
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import math
+import weakref
+from functools import partial
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from torch import nn
+
+from mtlbench.layers.lowrank import lora_init_
+from mtlbench.registry import HOOKS
+
+__all__ = ['LowRankUnit', 'select_components', 'iter_units', 'prune_model', 'truncate_ranks',
+           'replace_in_optimizer', 'torch_optimizers', 'rebuild_ddp', 'rewrap_runner_model',
+           'ignore_pdrs_buffers_in_ddp', 'PDRSHook',
+           'rank_history', 'final_ranks', 'average_rank', 'format_rank_table', 'plot_rank_history']
+
+_EPOCH, _ITER = 1, 0
+
+
+class LowRankUnit(nn.Module):
+    """One prunable low-rank pair ``(A, B)`` with its PDRS bookkeeping.
+
+    The update is ``scale * B[:, :b] A[:b]`` with ``b`` the active rank (a random prefix in
+    training when ``prefix_masking``, else the full rank ``r``).
+
+    Args:
+        in_features: input width of the adapted linear.
+        out_features: output width.
+        rank: initial rank ``r`` (capped at ``min(in_features, out_features)``: ``B A`` cannot
+            use more; only the toy test backbone is that narrow).
+        scale: plain multiplier of ``B A``.
+        task: ``'shared'`` or the task name (labels the rank history).
+        prefix_masking: train with a random prefix ``b ~ U{1..r}``.
+        scoring: record component scores in backward (PDRS on).
+        beta: EMA factor of the scores.
+        rho: score mass the kept components must cover when pruning.
+        min_rank: lowest rank pruning may leave.
+        score_inactive: ``'keep'`` or ``'zero'`` (see module docstring).
+        keep_order: ``'index'`` or ``'score'``.
+
+    Buffers (persistent, so a resumed run continues the same EMA):
+        ``faar_score_ema [2, r]`` (A-term, B-term), ``faar_score_count [2, r]``,
+        ``faar_rank_trace [n, 3]`` int64 rows ``(step, rank, by_epoch)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, scale: float, task: str = 'shared',
+                 prefix_masking: bool = True, scoring: bool = True, beta: float = 0.85, rho: float = 0.95,
+                 min_rank: int = 1, score_inactive: str = 'keep', keep_order: str = 'index') -> None:
+        super().__init__()
+        if rank <= 0:
+            raise ValueError(f'rank must be positive, got {rank}')
+        rank = min(rank, in_features, out_features)  # more components than that add nothing
+        self.in_features, self.out_features = in_features, out_features
+        self.initial_rank = rank
+        self.scale = float(scale)
+        self.task = task
+        self.prefix_masking = prefix_masking
+        self.scoring = scoring
+        self.beta = float(beta)
+        self.rho = float(rho)
+        self.min_rank = int(min_rank)
+        self.score_inactive = score_inactive
+        self.keep_order = keep_order
+        self.faar_A = nn.Parameter(torch.empty(rank, in_features))
+        self.faar_B = nn.Parameter(torch.empty(out_features, rank))
+        lora_init_(self.faar_A, self.faar_B)
+        self.register_buffer('faar_score_ema', torch.zeros(2, rank))
+        self.register_buffer('faar_score_count', torch.zeros(2, rank))
+        self.register_buffer('faar_rank_trace', torch.tensor([[0, rank, _EPOCH]], dtype=torch.long))
+        self.active_rank = rank
+        #: times the parameters were resized (pruning or loading a pruned checkpoint)
+        self.resize_count = 0
+        self._hooked: Optional[Tuple[weakref.ref, weakref.ref]] = None
+        self._scaler_ref: Optional[weakref.ref] = None
+
+    # --------------------------------------------------------------- forward
+    @property
+    def rank(self) -> int:
+        """Current rank ``r``."""
+        return self.faar_A.shape[0]
+
+    def sample_rank(self) -> int:
+        """Draw this forward's active rank ``b`` (and make sure the scoring hooks are in place).
+
+        Returns:
+            ``b ~ U{1..r}`` in training with prefix masking, else ``r``.
+        """
+        r = self.rank
+        b = r
+        if self.training and self.prefix_masking and r > 1:
+            b = int(torch.randint(1, r + 1, ()).item())  # CPU generator: no device sync
+        self.active_rank = b
+        if self.training and self.scoring and torch.is_grad_enabled() and self.faar_A.requires_grad \
+                and self.faar_B.requires_grad:
+            self._ensure_hooks()
+        return b
+
+    def factors(self, b: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(A[:b] [b, in], B[:, :b] [out, b])``; ``b`` defaults to the full rank."""
+        if b is None or b >= self.rank:
+            return self.faar_A, self.faar_B
+        return self.faar_A[:b], self.faar_B[:, :b]
+
+    def delta(self, x: torch.Tensor, b: Optional[int] = None) -> torch.Tensor:
+        """Low-rank update ``scale * x A[:b]^T B[:, :b]^T``: ``[..., in] -> [..., out]``."""
+        A, B = self.factors(b)
+        return F.linear(F.linear(x, A), B * self.scale if self.scale != 1.0 else B)
+
+    def delta_weight(self, b: Optional[int] = None) -> torch.Tensor:
+        """``scale * B[:, :b] A[:b]``, shape ``[out, in]``."""
+        A, B = self.factors(b)
+        return self.scale * (B @ A)
+
+    # --------------------------------------------------------------- scoring
+    def _ensure_hooks(self) -> None:
+        hooked = self._hooked
+        if hooked is not None and hooked[0]() is self.faar_A and hooked[1]() is self.faar_B:
+            return
+        me = weakref.ref(self)
+        self.faar_A.register_post_accumulate_grad_hook(partial(_score_hook, me, 0))
+        self.faar_B.register_post_accumulate_grad_hook(partial(_score_hook, me, 1))
+        self._hooked = (weakref.ref(self.faar_A), weakref.ref(self.faar_B))
+
+    def set_grad_scaler(self, scaler: Any) -> None:
+        """Divide gradients by ``scaler``'s loss scale when scoring (AMP); ``None`` to stop."""
+        self._scaler_ref = None if scaler is None else weakref.ref(scaler)
+
+    @torch.no_grad()
+    def accumulate_scores(self, which: int, param: torch.Tensor, grad: torch.Tensor) -> None:
+        """EMA-update the ``which`` (0: A, 1: B) term of the active components' scores.
+
+        Args:
+            which: 0 for ``faar_A`` (``[r, in]``, components are rows), 1 for ``faar_B``
+                (``[out, r]``, components are columns).
+            param: the parameter.
+            grad: its gradient (same shape).
+        """
+        s = (param.detach().float() * grad.float()).sum(dim=1 if which == 0 else 0).abs()
+        scaler = self._scaler_ref() if self._scaler_ref is not None else None
+        scale = getattr(scaler, '_scale', None) if scaler is not None else None
+        if torch.is_tensor(scale):
+            s = s / scale.to(s.device, s.dtype)
+        r = s.numel()
+        if self.score_inactive == 'keep':
+            active = torch.arange(r, device=s.device) < self.active_rank
+        else:
+            active = torch.ones(r, dtype=torch.bool, device=s.device)
+        ok = active & torch.isfinite(s)
+        ema = self.faar_score_ema[which]
+        ema.copy_(torch.where(ok, self.beta * ema + (1.0 - self.beta) * torch.nan_to_num(s), ema))
+        self.faar_score_count[which] += ok.to(self.faar_score_count.dtype)
+
+    def importance(self) -> torch.Tensor:
+        """Bias-corrected EMA scores ``1/2 (s_A + s_B)``, shape ``[r]`` (0 where never scored)."""
+        ema, cnt = self.faar_score_ema, self.faar_score_count
+        corr = 1.0 - torch.pow(torch.full_like(cnt, self.beta), cnt)
+        corrected = torch.where(cnt > 0, ema / corr.clamp_min(1e-12), torch.zeros_like(ema))
+        return 0.5 * corrected.sum(0)
+
+    # --------------------------------------------------------------- pruning
+    @torch.no_grad()
+    def prune(self, keep: torch.Tensor, step: int, by_epoch: bool = True
+              ) -> List[Tuple[nn.Parameter, nn.Parameter, torch.Tensor, int]]:
+        """Keep components ``keep`` (in that order); drop the rest.
+
+        New, smaller ``nn.Parameter`` objects replace ``faar_A`` / ``faar_B`` (their autograd
+        state is fresh, so nothing stale can hold the old shapes); the caller must swap them
+        into the optimizer (:func:`replace_in_optimizer`).
+
+        Args:
+            keep: int64 indices of the kept components.
+            step: epoch (or iteration) count at which the prune happens (rank history).
+            by_epoch: whether ``step`` counts epochs.
+
+        Returns:
+            ``[(old_param, new_param, keep, dim), ...]`` for ``faar_A`` (dim 0) and ``faar_B``
+            (dim 1); empty when nothing changed.
+        """
+        keep = keep.to(device=self.faar_A.device, dtype=torch.long)
+        if keep.numel() == self.rank and torch.equal(keep.cpu(), torch.arange(self.rank)):
+            return []
+        if keep.numel() < 1:
+            raise ValueError('cannot prune a unit to rank 0')
+        changes = []
+        for name, dim in (('faar_A', 0), ('faar_B', 1)):
+            old = getattr(self, name)
+            new = nn.Parameter(old.detach().index_select(dim, keep).clone(), requires_grad=old.requires_grad)
+            setattr(self, name, new)
+            changes.append((old, new, keep, dim))
+        self.faar_score_ema = self.faar_score_ema.index_select(1, keep)
+        self.faar_score_count = self.faar_score_count.index_select(1, keep)
+        if keep.numel() != int(self.faar_rank_trace[-1, 1]):
+            row = torch.tensor([[int(step), keep.numel(), _EPOCH if by_epoch else _ITER]], dtype=torch.long,
+                               device=self.faar_rank_trace.device)
+            self.faar_rank_trace = torch.cat([self.faar_rank_trace, row])
+        self.resize_count += 1
+        self.active_rank = self.rank
+        return changes
+
+    def _resize_in_place(self, rank: int, trace_rows: int) -> None:
+        """Give ``faar_A`` / ``faar_B`` / buffers the shapes of a checkpoint (same objects)."""
+        with torch.no_grad():
+            for name, shape in (('faar_A', (rank, self.in_features)), ('faar_B', (self.out_features, rank))):
+                p = getattr(self, name)
+                if tuple(p.shape) != shape:
+                    dtype, device = p.dtype, p.device
+                    # Setting data of another dtype first detaches the parameter from a gradient
+                    # accumulator that may still be alive (e.g. held by a DDP reducer) and that
+                    # would check gradients against the old shape.
+                    p.data = torch.empty(0, dtype=torch.float64 if dtype != torch.float64 else torch.float32,
+                                         device=device)
+                    p.data = torch.zeros(shape, dtype=dtype, device=device)
+                    p.grad = None
+            if self.faar_score_ema.shape[1] != rank:
+                self.faar_score_ema = self.faar_score_ema.new_zeros(2, rank)
+                self.faar_score_count = self.faar_score_count.new_zeros(2, rank)
+            if self.faar_rank_trace.shape[0] != trace_rows:
+                self.faar_rank_trace = self.faar_rank_trace.new_zeros(trace_rows, 3)
+        self.resize_count += 1
+        self.active_rank = rank
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, local_metadata: Dict[str, Any],
+                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        a, b = state_dict.get(prefix + 'faar_A'), state_dict.get(prefix + 'faar_B')
+        trace = state_dict.get(prefix + 'faar_rank_trace')
+        if torch.is_tensor(a) and torch.is_tensor(b) and a.dim() == 2 and b.dim() == 2 \
+                and a.shape[1] == self.in_features and b.shape[0] == self.out_features and a.shape[0] == b.shape[1]:
+            rows = trace.shape[0] if torch.is_tensor(trace) and trace.dim() == 2 else self.faar_rank_trace.shape[0]
+            if a.shape[0] != self.rank or rows != self.faar_rank_trace.shape[0]:
+                self._resize_in_place(a.shape[0], rows)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), '__getstate__') else self.__dict__.copy()
+        state = dict(state)
+        state['_hooked'] = None
+        state['_scaler_ref'] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return (f'in={self.in_features}, out={self.out_features}, rank={self.rank}/{self.initial_rank}, '
+                f'task={self.task}, scale={self.scale}')
+
+
+def _score_hook(unit_ref: weakref.ref, which: int, param: torch.Tensor) -> None:
+    unit = unit_ref()
+    if unit is None or param.grad is None or not unit.scoring:
+        return
+    if param is not (unit.faar_A if which == 0 else unit.faar_B):  # a pruned-away parameter
+        return
+    unit.accumulate_scores(which, param, param.grad)
+
+
+# ------------------------------------------------------------------- decisions
+def select_components(scores: torch.Tensor, rho: float, min_rank: int = 1, keep_order: str = 'index'
+                      ) -> torch.Tensor:
+    """The fewest top-scored components whose scores cover ``rho`` of the total.
+
+    Args:
+        scores: non-negative ``[r]``.
+        rho: fraction of the total score to cover, in ``(0, 1]``.
+        min_rank: keep at least this many.
+        keep_order: ``'index'`` (ascending indices) or ``'score'`` (descending score).
+
+    Returns:
+        int64 indices of the kept components. All of them when the total is not positive.
+    """
+    scores = scores.detach().double().cpu()
+    r = scores.numel()
+    total = float(scores.sum())
+    if not math.isfinite(total) or total <= 0.0:
+        return torch.arange(r)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    cum = torch.cumsum(scores[order], 0)
+    target = rho * total * (1.0 - 1e-6)  # a cover within (float32) rounding of rho counts
+    k = int(torch.searchsorted(cum, torch.tensor([target], dtype=cum.dtype)).item()) + 1
+    k = max(min(k, r), min(min_rank, r))
+    kept = order[:k]
+    return torch.sort(kept).values if keep_order == 'index' else kept
+
+
+def iter_units(model: nn.Module) -> Iterator[Tuple[str, LowRankUnit]]:
+    """``(name, unit)`` for every :class:`LowRankUnit` of ``model`` (wrappers unwrapped), in order."""
+    if is_model_wrapper(model) or isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    for name, m in model.named_modules():
+        if isinstance(m, LowRankUnit):
+            yield name, m
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def prune_model(model: nn.Module, optimizers: Iterable[torch.optim.Optimizer] = (), step: int = 0,
+                by_epoch: bool = True) -> Dict[str, Tuple[int, int]]:
+    """One PDRS prune of every unit in ``model``; identical on every DDP rank.
+
+    Scores are all-reduced (mean over ranks), each unit keeps :func:`select_components` of its
+    scores, and rank 0's decision is broadcast so every rank cuts the same components.
+
+    Args:
+        model: the model (a DDP wrapper is unwrapped; rebuild it afterwards with
+            :func:`rebuild_ddp`).
+        optimizers: torch optimizers to fix up (references and state).
+        step: epoch / iteration count recorded in the rank history.
+        by_epoch: whether ``step`` counts epochs.
+
+    Returns:
+        ``{unit name: (old rank, new rank)}`` for the units that changed.
+    """
+    units = [(n, u) for n, u in iter_units(model) if u.scoring]
+    if not units:
+        return {}
+    scores = torch.cat([u.importance().float() for _, u in units])
+    if _distributed():
+        dist.all_reduce(scores, op=dist.ReduceOp.SUM)
+        scores = scores / dist.get_world_size()
+    # decision: per component, its new position (or -1 if dropped)
+    code = torch.full((scores.numel(),), -1, dtype=torch.long)
+    offset = 0
+    for _, u in units:
+        r = u.rank
+        keep = select_components(scores[offset:offset + r], u.rho, u.min_rank, u.keep_order)
+        code[offset + keep] = torch.arange(keep.numel())
+        offset += r
+    if _distributed():
+        code = code.to(scores.device)
+        dist.broadcast(code, src=0)
+        code = code.cpu()
+    optimizers = list(optimizers)
+    changed: Dict[str, Tuple[int, int]] = {}
+    offset = 0
+    for name, u in units:
+        r = u.rank
+        c = code[offset:offset + r]
+        offset += r
+        kept = torch.nonzero(c >= 0).flatten()
+        keep = kept[torch.argsort(c[kept])]
+        changes = u.prune(keep, step, by_epoch)
+        for old, new, index, dim in changes:
+            for opt in optimizers:
+                replace_in_optimizer(opt, old, new, index, dim)
+        if changes:
+            changed[name] = (r, u.rank)
+    return changed
+
+
+@torch.no_grad()
+def truncate_ranks(model: nn.Module, rank: int, step: int = 0) -> None:
+    """Cut every unit to its first ``min(rank, r)`` components (no optimizer): for counting."""
+    for _, u in iter_units(model):
+        k = min(rank, u.rank)
+        u.prune(torch.arange(k), step)
+
+
+def replace_in_optimizer(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor,
+                         index: torch.Tensor, dim: int) -> None:
+    """Swap ``old`` for ``new`` in ``optimizer`` and slice its state to the kept components.
+
+    Every state tensor with ``old``'s shape (AdamW ``exp_avg``, ``exp_avg_sq``,
+    ``max_exp_avg_sq``; SGD ``momentum_buffer``) is ``index_select``-ed along ``dim``; scalars
+    (``step``) are kept.
+    """
+    for group in optimizer.param_groups:
+        params = group['params']
+        for j, p in enumerate(params):
+            if p is old:
+                params[j] = new
+    state = optimizer.state.pop(old, None)
+    if state is not None:
+        new_state = {}
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == old.shape:
+                value = value.index_select(dim, index.to(value.device))
+            new_state[key] = value
+        optimizer.state[new] = new_state
+
+
+def torch_optimizers(optim_wrapper: Any) -> List[torch.optim.Optimizer]:
+    """The torch optimizers inside an mmengine ``OptimWrapper`` / ``OptimWrapperDict`` (or one)."""
+    if optim_wrapper is None:
+        return []
+    if isinstance(optim_wrapper, torch.optim.Optimizer):
+        return [optim_wrapper]
+    if hasattr(optim_wrapper, 'optim_wrappers'):  # OptimWrapperDict
+        return [w.optimizer for w in optim_wrapper.optim_wrappers.values()]
+    opt = getattr(optim_wrapper, 'optimizer', None)
+    return [opt] if isinstance(opt, torch.optim.Optimizer) else []
+
+
+# ------------------------------------------------------------------------ DDP
+def _ddp_kwargs(ddp: nn.parallel.DistributedDataParallel) -> Dict[str, Any]:
+    accepted = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    kw: Dict[str, Any] = dict(device_ids=ddp.device_ids, output_device=ddp.output_device, dim=ddp.dim,
+                              process_group=ddp.process_group, find_unused_parameters=ddp.find_unused_parameters,
+                              gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=ddp.static_graph)
+    if 'forward_sync_buffers' in accepted and hasattr(ddp, 'forward_sync_buffers'):
+        kw['forward_sync_buffers'] = ddp.forward_sync_buffers
+    elif hasattr(ddp, 'broadcast_buffers'):
+        kw['broadcast_buffers'] = ddp.broadcast_buffers
+    if hasattr(ddp, 'bucket_bytes_cap'):
+        kw['bucket_cap_mb'] = ddp.bucket_bytes_cap / 2 ** 20
+    if getattr(ddp, 'mixed_precision', None) is not None:
+        kw['mixed_precision'] = ddp.mixed_precision
+    kw = {k: v for k, v in kw.items() if k in accepted}
+    if hasattr(ddp, 'detect_anomalous_params'):  # mmengine's MMDistributedDataParallel
+        kw['detect_anomalous_params'] = ddp.detect_anomalous_params
+    return kw
+
+
+def rebuild_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
+    """A fresh wrapper of the same class and options around ``ddp.module``.
+
+    Needed after parameter shapes changed: DDP's buckets were built for the old parameters. The
+    old wrapper's gradient hooks become no-ops (they fire only after its own forward); drop it
+    (see :func:`rewrap_runner_model`, which releases it before building the new one).
+    """
+    if not isinstance(ddp, nn.parallel.DistributedDataParallel):
+        raise NotImplementedError(f'PDRS can re-wrap DistributedDataParallel only, not {type(ddp).__name__}')
+    cls, module, kwargs = type(ddp), ddp.module, _ddp_kwargs(ddp)
+    del ddp
+    gc.collect()  # free the old reducer (it holds gradient accumulators of the old shapes)
+    return cls(module=module, **kwargs)
+
+
+def rewrap_runner_model(runner: Any) -> bool:
+    """Rebuild ``runner.model`` if it is a DDP wrapper. Returns whether it did."""
+    model = runner.model
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return False
+    cls, module, kwargs = type(model), model.module, _ddp_kwargs(model)
+    runner.model = module  # no reference to the old wrapper may survive
+    del model
+    gc.collect()
+    runner.model = cls(module=module, **kwargs)
+    return True
+
+
+def ignore_pdrs_buffers_in_ddp(model: nn.Module) -> bool:
+    """Keep DDP from broadcasting the PDRS score buffers (each rank scores its own gradients).
+
+    DDP with ``broadcast_buffers=True`` would copy rank 0's EMA over every rank's before each
+    forward. Adds the buffers' names to ``module._ddp_params_and_buffers_to_ignore`` of the
+    wrapped module; takes effect when the wrapper is (re)built.
+
+    Returns:
+        whether ``model`` is a DDP wrapper whose ignore list had to grow (re-wrap it).
+    """
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return False
+    module = model.module
+    names = {f'{n}.{b}' for n, _ in iter_units(module) for b in ('faar_score_ema', 'faar_score_count')}
+    current = set(getattr(module, '_ddp_params_and_buffers_to_ignore', ()))
+    if names <= current:
+        return False
+    module._ddp_params_and_buffers_to_ignore = sorted(current | names)
+    return True
+
+
+# ----------------------------------------------------------------------- hook
+@HOOKS.register_module()
+class PDRSHook(Hook):
+    """Prunes FAAR's adapters at the end of every ``interval`` epochs (or iterations).
+
+    Runs before the ``CheckpointHook`` (priority ``NORMAL`` < ``VERY_LOW``), so an epoch's
+    checkpoint holds the pruned model and the matching optimizer state; a resumed run continues
+    exactly. Re-wraps DDP after every prune, and in ``before_train`` when a pruned checkpoint was
+    loaded into a model wrapped at the initial rank.
+
+    Args:
+        interval: prune every ``interval`` epochs (iterations).
+        by_epoch: count in epochs (``after_train_epoch``) or iterations (``after_train_iter``).
+        begin: first prune after ``begin`` epochs (iterations).
+        end: no prune after ``end`` epochs (iterations); ``None`` for no limit.
+
+    Example:
+        >>> custom_hooks = [dict(type='PDRSHook', interval=1, by_epoch=True)]
+    """
+    priority = 'NORMAL'
+
+    def __init__(self, interval: int = 1, by_epoch: bool = True, begin: int = 1, end: Optional[int] = None) -> None:
+        self.interval = int(interval)
+        self.by_epoch = bool(by_epoch)
+        self.begin = int(begin)
+        self.end = end
+
+    def _due(self, count: int) -> bool:
+        if count < self.begin or (self.end is not None and count > self.end):
+            return False
+        return (count - self.begin) % self.interval == 0
+
+    def before_train(self, runner: Any) -> None:
+        units = list(iter_units(runner.model))
+        if not units:
+            print_log('PDRSHook: the model has no FAAR low-rank units; nothing to prune', logger='current',
+                      level=logging.WARNING)
+            return
+        scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
+        for _, u in units:
+            u.set_grad_scaler(scaler)
+        added = ignore_pdrs_buffers_in_ddp(runner.model)
+        resized = any(u.resize_count for _, u in units)
+        if (added or resized) and rewrap_runner_model(runner):
+            why = 'resized (pruned) adapters' if resized else 'PDRS score buffers kept rank-local'
+            print_log(f'PDRSHook: re-wrapped DDP ({why})', logger='current')
+        print_log(f'PDRSHook: {len(units)} adapters, average rank {average_rank(runner.model):.2f}',
+                  logger='current')
+
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        if not self.by_epoch and self._due(runner.iter + 1):
+            self._prune(runner, runner.iter + 1)
+
+    def after_train_epoch(self, runner: Any) -> None:
+        if self.by_epoch and self._due(runner.epoch + 1):
+            self._prune(runner, runner.epoch + 1)
+
+    def _prune(self, runner: Any, step: int) -> None:
+        changed = prune_model(runner.model, torch_optimizers(runner.optim_wrapper), step, self.by_epoch)
+        if changed:
+            rewrap_runner_model(runner)
+        unit = 'epoch' if self.by_epoch else 'iter'
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        params = model.param_breakdown()['total_trainable'] if hasattr(model, 'param_breakdown') else None
+        print_log(f'PDRS after {unit} {step}: {len(changed)} adapters shrank, average rank '
+                  f'{average_rank(model):.2f}' + (f', trainable params {params:,}' if params is not None else ''),
+                  logger='current')
+
+    def after_train(self, runner: Any) -> None:
+        for _, u in iter_units(runner.model):
+            u.set_grad_scaler(None)
+        print_log('PDRS final ranks:\n' + format_rank_table(runner.model), logger='current')
+
+
+# -------------------------------------------------------------------- history
+def _unit_site(name: str) -> str:
+    parts = name.split('.')
+    while parts and (parts[-1].isdigit() or parts[-1].startswith('faar_')):
+        parts.pop()
+    if parts and parts[0] == 'backbone':
+        parts.pop(0)
+    return '.'.join(parts)
+
+
+def rank_history(model: nn.Module) -> List[Dict[str, Any]]:
+    """Every rank change of every adapter: ``[{'epoch' | 'iter': n, 'layer', 'task', 'rank'}, ...]``.
+
+    The first entry of each adapter is its initial rank at ``epoch`` 0.
+    """
+    out = []
+    for name, u in iter_units(model):
+        layer = _unit_site(name)
+        for step, rank, by_epoch in u.faar_rank_trace.tolist():
+            out.append({'epoch' if by_epoch else 'iter': int(step), 'layer': layer, 'task': u.task, 'rank': int(rank)})
+    return out
+
+
+def final_ranks(model: nn.Module) -> Dict[str, Dict[str, int]]:
+    """``{layer: {task or 'shared': rank}}`` now."""
+    out: Dict[str, Dict[str, int]] = {}
+    for name, u in iter_units(model):
+        out.setdefault(_unit_site(name), {})[u.task] = u.rank
+    return out
+
+
+def average_rank(model: nn.Module) -> float:
+    """Mean current rank over all adapters (0 if none)."""
+    ranks = [u.rank for _, u in iter_units(model)]
+    return sum(ranks) / len(ranks) if ranks else 0.0
+
+
+def _columns(table: Dict[str, Dict[str, int]]) -> List[str]:
+    cols: List[str] = []
+    for row in table.values():
+        for c in row:
+            if c not in cols:
+                cols.append(c)
+    return (['shared'] if 'shared' in cols else []) + [c for c in cols if c != 'shared']
+
+
+def format_rank_table(model_or_table: Any) -> str:
+    """A text table layer x task -> rank (current ranks of a model, or a :func:`final_ranks` dict)."""
+    table = model_or_table if isinstance(model_or_table, dict) else final_ranks(model_or_table)
+    if not table:
+        return '(no FAAR adapters)'
+    cols = _columns(table)
+    width = max(len('layer'), *(len(k) for k in table))
+    cw = [max(len(c), 4) for c in cols]
+    lines = ['  '.join(['layer'.ljust(width)] + [c.rjust(w) for c, w in zip(cols, cw)])]
+    lines.append('-' * len(lines[0]))
+    for layer, row in table.items():
+        lines.append('  '.join([layer.ljust(width)] + [(str(row[c]) if c in row else '-').rjust(w)
+                                                       for c, w in zip(cols, cw)]))
+    values = [v for row in table.values() for v in row.values()]
+    lines.append(f'{len(values)} adapters, average rank {sum(values) / len(values):.2f}')
+    return '\n'.join(lines)
+
+
+def plot_rank_history(model_or_history: Any, path: str) -> str:
+    """Plot the ranks to a PNG: final ranks as a layer x task heat map, and the mean rank per
+    column (shared / each task) over the prune steps.
+
+    Args:
+        model_or_history: a model, or the list returned by :func:`rank_history` (a run record's
+            ``rank_history``).
+        path: output ``.png`` path.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+    matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt
+
+    history = model_or_history if isinstance(model_or_history, list) else rank_history(model_or_history)
+    if not history:
+        raise ValueError('empty rank history: nothing to plot')
+    step_key = 'epoch' if 'epoch' in history[-1] else 'iter'
+    traces: Dict[Tuple[str, str], List[Tuple[int, int]]] = {}
+    for e in history:
+        step = e.get('epoch', e.get('iter', 0))
+        traces.setdefault((e['layer'], e['task']), []).append((int(step), int(e['rank'])))
+    layers = list(dict.fromkeys(k[0] for k in traces))
+    table = {layer: {} for layer in layers}
+    for (layer, task), tr in traces.items():
+        table[layer][task] = tr[-1][1]
+    cols = _columns(table)
+    grid = [[float(table[l][c]) if c in table[l] else float('nan') for c in cols] for l in layers]
+    steps = sorted({s for tr in traces.values() for s, _ in tr})
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, max(4.0, 0.22 * len(layers) + 1.5)),
+                                   gridspec_kw=dict(width_ratios=[1.2, 1]))
+    im = ax0.imshow(grid, aspect='auto', cmap='viridis')
+    ax0.set_xticks(range(len(cols)), cols, rotation=30, ha='right')
+    ax0.set_yticks(range(len(layers)), layers, fontsize=6)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v == v:
+                ax0.text(j, i, f'{int(v)}', ha='center', va='center', fontsize=6, color='w')
+    fig.colorbar(im, ax=ax0, label='rank')
+    ax0.set_title('final rank per adapter')
+    for c in cols:
+        keys = [k for k in traces if k[1] == c]
+
+        def rank_at(tr: List[Tuple[int, int]], s: int) -> int:
+            r = tr[0][1]
+            for st, rk in tr:
+                if st <= s:
+                    r = rk
+            return r
+        ax1.step(steps, [sum(rank_at(traces[k], s) for k in keys) / len(keys) for s in steps], where='post', label=c)
+    ax1.set_xlabel(step_key)
+    ax1.set_ylabel('mean rank')
+    ax1.set_title('PDRS rank over training')
+    ax1.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,413 @@
+"""Free Sinewich (``methods/free_sinewich.py``): parameter counts against the paper, the Sine-AWB
+and Clock Net math by hand, the shared decoder, function-preserving start and gradient flow."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mtlbench.methods  # noqa: F401  (registers the methods)
+from mtlbench.backbones.swin import SwinBackbone
+from mtlbench.heads.hrnet import HRNetHead, MultiTaskDecoder
+from mtlbench.layers.lowrank import LoRALinear
+from mtlbench.method import apply_trainable, build_method, param_breakdown
+from mtlbench.methods.free_sinewich import (ClockNet, FreeSinewichConfig, SineAWBLinear, SineSharedDecoder,
+                                            TaskFrequencies, _TokenState, fuse_awb, gaussian_kernel1d,
+                                            gaussian_lowpass, sine_modulate)
+from mtlbench.model import MultiTaskModel
+from mtlbench.tasks import DATASET_TASKS
+
+PASCAL = tuple(DATASET_TASKS['pascal_context'])
+NYUD = tuple(DATASET_TASKS['nyudv2'])
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs' / 'free_sinewich'
+
+
+# ----------------------------------------------------------------------------- counts
+C_LAST = 96 + 192 + 384 + 768            # C summed over the last block of each stage
+C_OTHER = 2 * 96 + 2 * 192 + 6 * 384 + 2 * 768 - C_LAST   # over all other blocks (2976)
+MTLORA_DECODER = 1_946_624
+
+
+def expected_count(r: int, outs=(21, 7, 1, 3), clock: str = 'net', independent: bool = False,
+                   shared_decoder: bool = True) -> int:
+    """The docstring's arithmetic (Swin-T, 448, default options)."""
+    T = len(outs)
+    lora = 16 * r * C_OTHER + 6 * r * C_LAST                  # non-last blocks; qkv + proj of last blocks
+    awb = 10 * r * C_LAST + 8 * 9 * r * r                      # fc1/fc2 factors + 3x3 rank-space priors
+    awb *= T if independent else 1
+    reductions = 6 * r * (96 + 192 + 384)                      # LoRA on the frozen PatchMerging reductions
+    clocks = 8 * (96 + 2) if clock == 'net' else 8 * T
+    tokens = T * 96 + 2 * (96 ** 2 + 192 ** 2 + 384 ** 2)      # task tokens + Linear(C, 2C) merges
+    other = 4_896 + 23_040 + 23_322                            # patch embed, LayerNorms, rel-pos tables
+    downsamplers = T * (192 * 18 + 384 * 36 + 768 * 72 + 768 * 144)
+    if shared_decoder:
+        decoder = downsamplers + 270 * 1080 + sum(1080 + 2160 + 1081 * o for o in outs)
+        decoder += (96 + 2) if clock == 'net' else T
+    else:
+        decoder = downsamplers + sum(270 * 1080 + 1080 + 2160 + 1081 * o for o in outs)
+    return lora + awb + reductions + clocks + tokens + other + decoder
+
+
+@pytest.fixture(scope='module')
+def tiny_backbone():
+    return SwinBackbone('tiny', (448, 448))
+
+
+def _breakdown(tiny_backbone, dataset='pascal_context', **options):
+    tasks = tuple(DATASET_TASKS[dataset])
+    backbone = copy.deepcopy(tiny_backbone)
+    method = build_method(dict(type='free_sinewich', **options), tasks)
+    method.adapt(backbone)
+    decoder = method.adapt_decoder(MultiTaskDecoder(tasks, DATASET_TASKS[dataset], backbone.out_channels,
+                                                    out_size=(448, 448)))
+    apply_trainable(backbone, decoder, method.config)
+    return param_breakdown(backbone, decoder)
+
+
+# (options, reported total in M, exact count of this implementation)
+PAPER_ROWS = {
+    'r64': (dict(), 6.53, expected_count(64)),
+    'r32': (dict(r=32), 4.04, expected_count(32)),
+    'no-clock': (dict(clock='learned'), 6.51, expected_count(64, clock='learned')),
+    'no-lowpass': (dict(lowpass=False), 6.53, expected_count(64)),
+    'no-sine': (dict(sine=False), 6.53, expected_count(64)),
+    'indep-base': (dict(independent_base=True), 10.22, expected_count(64, independent=True)),
+    'indep-decoder': (dict(shared_decoder=False), 7.41, expected_count(64, shared_decoder=False)),
+}
+
+
+@pytest.mark.parametrize('row', list(PAPER_ROWS))
+def test_counts_match_the_paper_within_2_percent(tiny_backbone, row):
+    options, reported, exact = PAPER_ROWS[row]
+    counts = _breakdown(tiny_backbone, **options)
+    assert counts['total_trainable'] == exact
+    assert abs(counts['total_trainable'] / (reported * 1e6) - 1) < 0.02, (row, counts)
+    assert counts['backbone_other'] == 51_258            # reductions frozen (they carry a LoRA instead)
+    if options.get('shared_decoder', True):
+        assert abs(counts['decoder'] / 1.07e6 - 1) < 0.02
+    else:
+        assert counts['decoder'] == MTLORA_DECODER
+
+
+def test_exact_totals_as_documented():
+    # the module docstring's table
+    assert expected_count(64) == 6_586_364 and expected_count(32) == 3_975_164
+    assert expected_count(64, independent=True) == 10_235_900
+    assert expected_count(64, clock='learned') == 6_585_518
+    assert expected_count(64, shared_decoder=False) == 7_461_066
+
+
+def test_nyud_counts(tiny_backbone):
+    counts = _breakdown(tiny_backbone, 'nyudv2')
+    assert counts['total_trainable'] == expected_count(64, outs=(40, 1, 3)) == 6_412_832
+    assert counts['decoder'] == 3 * 183_168 + 291_600 + 3 * 3_240 + 1081 * (40 + 1 + 3) + 98
+
+
+# ----------------------------------------------------------------------------- hand math
+def test_gaussian_and_lowpass_by_hand():
+    g = gaussian_kernel1d(7, 1.0)
+    x = torch.arange(-3, 4, dtype=torch.float32)
+    torch.testing.assert_close(g, torch.exp(-x ** 2 / 2) / torch.exp(-x ** 2 / 2).sum())
+    # a unit impulse far from the border spreads into the 7x7 Gaussian
+    m = torch.zeros(11, 13)
+    m[5, 6] = 1.0
+    out = gaussian_lowpass(m, 7, 1.0, 'zeros')
+    torch.testing.assert_close(out[2:9, 3:10], torch.outer(g, g))
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-6)
+    # reflect padding keeps a constant kernel constant; zero padding darkens the corner by the
+    # half-window mass on each axis
+    c = torch.full((2, 6, 8), 3.0)
+    torch.testing.assert_close(gaussian_lowpass(c, 7, 1.0, 'reflect'), c)
+    corner = gaussian_lowpass(c, 7, 1.0, 'zeros')[0, 0, 0]
+    assert corner.item() == pytest.approx(3.0 * g[3:].sum().item() ** 2, rel=1e-6)
+    # the gain is folded into the taps
+    torch.testing.assert_close(gaussian_lowpass(m, 7, 1.0, 'zeros', gain=0.4), 0.4 * out)
+
+
+def test_fuse_awb_is_A_W_Bt_per_tap():
+    torch.manual_seed(0)
+    A, W, B = torch.randn(5, 3), torch.randn(3, 3, 3, 3), torch.randn(4, 3)
+    M = fuse_awb(A, W, B)
+    assert M.shape == (5, 4, 3, 3)
+    for u in range(3):
+        for v in range(3):
+            torch.testing.assert_close(M[:, :, u, v], A @ W[:, :, u, v] @ B.t())
+    torch.testing.assert_close(fuse_awb(A, W, B, taps_first=True), M.permute(2, 3, 0, 1))
+    # per-task factors
+    At, Wt, Bt = torch.randn(2, 5, 3), torch.randn(2, 3, 3, 1, 1), torch.randn(2, 4, 3)
+    Mt = fuse_awb(At, Wt, Bt)
+    torch.testing.assert_close(Mt[1, :, :, 0, 0], At[1] @ Wt[1, :, :, 0, 0] @ Bt[1].t())
+    # sin(w_t M), element-wise, one kernel per task
+    omega = torch.tensor([0.5, 2.0])
+    torch.testing.assert_close(sine_modulate(M, omega), torch.stack([torch.sin(0.5 * M), torch.sin(2.0 * M)]))
+    torch.testing.assert_close(sine_modulate(M, omega, sine=False), torch.stack([0.5 * M, 2.0 * M]))
+
+
+def _hand_layer(padding='reflect', sine=True, lowpass=True):
+    """1x1 Sine-AWB on Linear(8, 6) whose fused kernel is the constant pi / 15 (r = 1)."""
+    cfg = FreeSinewichConfig(r=1, conv_kernel=1, dropout=0.0, clock='fixed', lowpass_padding=padding,
+                             sine=sine, lowpass=lowpass)
+    freq = TaskFrequencies(2, cfg.omega_scale_init, cfg.omega_offset_init, cfg.omega_spread, learnable=False)
+    layer = SineAWBLinear(nn.Linear(8, 6), 2, 'fc1', 1, freq, cfg)
+    with torch.no_grad():
+        layer.awb_A.fill_(math.pi / 15)
+        layer.awb_B.fill_(1.0)
+    return layer
+
+
+def test_sine_and_lowpass_on_a_hand_case():
+    # frequencies 10 * (1 -+ 0.25) = 7.5, 12.5; sin(7.5 pi/15) = 1, sin(12.5 pi/15) = 1/2;
+    # the update is scale / w_ref = 4 / 10 times the blurred sine kernel
+    layer = _hand_layer()
+    torch.testing.assert_close(layer.frequencies(), torch.tensor([7.5, 12.5]))
+    k = layer.task_kernels()
+    assert k.shape == (2, 6, 8, 1, 1)
+    torch.testing.assert_close(k[0], torch.full((6, 8, 1, 1), 0.4))
+    torch.testing.assert_close(k[1], torch.full((6, 8, 1, 1), 0.2))
+    # zero-padded blur: the corner keeps only the inner half-window on both axes
+    g = gaussian_kernel1d(7, 1.0)
+    corner = _hand_layer('zeros').task_kernels()[0, 0, 0, 0, 0]
+    assert corner.item() == pytest.approx(0.4 * g[3:].sum().item() ** 2, rel=1e-6)
+    # without the sine the frequency is a plain gain: 0.4 * 7.5 * pi / 15 = 0.2 pi
+    k = _hand_layer(sine=False).task_kernels()
+    torch.testing.assert_close(k[0], torch.full((6, 8, 1, 1), 0.2 * math.pi))
+    # without the low-pass a non-constant kernel is left as sin(w M) * 0.4
+    layer = _hand_layer(lowpass=False)
+    with torch.no_grad():
+        layer.awb_A.copy_(torch.linspace(0, 1, 6).view(6, 1))
+    M = torch.linspace(0, 1, 6).view(6, 1).expand(6, 8)
+    torch.testing.assert_close(layer.task_kernels()[1, :, :, 0, 0], 0.4 * torch.sin(12.5 * M))
+
+
+def test_sine_awb_forward_against_explicit_convolutions():
+    torch.manual_seed(0)
+    cfg = FreeSinewichConfig(r=4, dropout=0.0, clock='learned')
+    T = 3
+    freq = TaskFrequencies(T, 10.0, 1.0, 0.25)
+    layer = SineAWBLinear(nn.Linear(6, 10), T, 'fc2', 4, freq, cfg)
+    x = torch.randn(1 + T, 2, 7, 7, 6)                      # forked streams on a 7x7 map
+    # a fresh layer is the frozen layer on the shared input for every stream (A = 0, sin 0 = 0)
+    out = layer(x)
+    torch.testing.assert_close(out, layer.base_layer(x[:1]).expand(1 + T, -1, -1, -1, -1))
+    with torch.no_grad():
+        layer.awb_A.normal_(0, 0.1)
+        layer.awb_W.normal_(0, 0.3)
+    out = layer(x)
+    kernels = layer.task_kernels()                          # [T, 10, 6, 3, 3]
+    base = layer.base_layer(x[:1])
+    torch.testing.assert_close(out[0], base[0])              # shared stream: frozen layer only
+    for t in range(T):
+        conv = F.conv2d(x[1 + t].permute(0, 3, 1, 2), kernels[t], padding=1).permute(0, 2, 3, 1)
+        torch.testing.assert_close(out[1 + t], base[0] + conv)
+    # one shared input stream is broadcast to every task
+    out1 = layer(x[:1])
+    for t in range(T):
+        conv = F.conv2d(x[0].permute(0, 3, 1, 2), kernels[t], padding=1).permute(0, 2, 3, 1)
+        torch.testing.assert_close(out1[1 + t], base[0] + conv)
+    # task tokens (no map) only see the frozen layer
+    tokens = torch.randn(1, 2, T, 6)
+    torch.testing.assert_close(layer(tokens), layer.base_layer(tokens))
+
+
+def test_clock_net_formula_by_hand():
+    state = _TokenState(None, 2, 1, 'embedding')
+    clock = ClockNet(3, state, s_init=2.0, c_init=0.5)
+    with torch.no_grad():
+        clock.clock_w.copy_(torch.tensor([1.0, -2.0, 0.5]))
+    tokens = torch.tensor([[1.0, -1.0, 2.0], [0.0, 3.0, -4.0]])
+    # ReLU -> [1, 0, 2] . w = 2 ; [0, 3, 0] . w = -6
+    expected = torch.tensor([2 * (math.tanh(2.0) + 0.5), 2 * (math.tanh(-6.0) + 0.5)])
+    torch.testing.assert_close(clock.frequencies(tokens), expected)
+    # bounded in s (c -+ 1) whatever the tokens
+    w = clock.frequencies(100 * torch.randn(50, 3))
+    assert (w > 2 * (0.5 - 1) - 1e-5).all() and (w < 2 * (0.5 + 1) + 1e-5).all()
+    # 'stage' source: the batch mean of the task tokens entering the block, per task
+    state = _TokenState(None, 2, 2, 'stage')
+    clock = ClockNet(3, state)
+    prompts = torch.randn(1, 5, 4, 3)                        # [S, B, T * n, C]
+    state.record(prompts)
+    p = prompts[0].mean(0).view(2, 2, 3).mean(1)
+    torch.testing.assert_close(clock(), clock.frequencies(p))
+
+
+# ----------------------------------------------------------------------------- shared decoder
+def test_shared_decoder_modulated_conv_by_hand():
+    torch.manual_seed(0)
+    channels = (4, 8, 8, 8)
+    base = MultiTaskDecoder(PASCAL, DATASET_TASKS['pascal_context'], (32, 64, 128, 128), channels, (56, 56)).eval()
+    freq = TaskFrequencies(4, 10.0, 1.0, 0.25)
+    dec = SineSharedDecoder(copy.deepcopy(base), freq, 'sine', omega_ref=10.0).eval()
+    # shared conv weight once; per task: bias, BatchNorm, output conv
+    width = sum(channels)
+    assert dec.shared_conv.weight.shape == (4 * width, width)
+    for t, o in DATASET_TASKS['pascal_context'].items():
+        assert sum(p.numel() for p in dec.heads[t].parameters()) == 4 * width + 2 * 4 * width + (4 * width + 1) * o
+    omega = freq()
+    W = base.heads[PASCAL[0]].conv1.weight[:, :, 0, 0]
+    torch.testing.assert_close(dec.shared_conv.task_weights(), torch.sin(omega.view(-1, 1, 1) * W) / 10.0)
+    feats = [torch.randn(5, 2, c, s, s) for c, s in zip((32, 64, 128, 128), (7, 4, 2, 2))]
+    out = dec(feats)
+    for i, t in enumerate(PASCAL):
+        reduced = base.downsamplers[t]([f[1 + i] for f in feats])
+        h = torch.einsum('oc,bchw->bohw', torch.sin(omega[i] * W) / 10.0, HRNetHead.fuse(reduced))
+        head = base.heads[t]
+        y = head.conv2(F.relu(head.bn(h + head.conv1.bias.view(1, -1, 1, 1))))
+        torch.testing.assert_close(out[t], F.interpolate(y, (56, 56), mode='bilinear', align_corners=False))
+    # 'scale' and 'none' modulations
+    dec.shared_conv.modulation = 'scale'
+    torch.testing.assert_close(dec.shared_conv.task_weights(), omega.view(-1, 1, 1) / 10.0 * W)
+    dec.shared_conv.modulation = 'none'
+    torch.testing.assert_close(dec.shared_conv.task_weights()[2], W)
+
+
+# ----------------------------------------------------------------------------- toy model
+TOY = dict(type='SwinBackbone', arch='toy', img_size=(224, 224), drop_path_rate=0.1)
+
+
+@pytest.fixture(scope='module')
+def toy_model():
+    torch.manual_seed(0)
+    return MultiTaskModel('pascal_context', dict(type='free_sinewich'), TOY)
+
+
+def test_toy_sites_and_trainable_set(toy_model):
+    bb = toy_model.backbone
+    awb = {n for n, m in bb.named_modules() if isinstance(m, SineAWBLinear)}
+    assert awb == {f'layers.{i}.blocks.1.mlp.{k}' for i in range(4) for k in ('fc1', 'fc2')}
+    assert isinstance(bb.get_submodule('layers.1.blocks.1.attn.proj'), LoRALinear)
+    assert isinstance(bb.get_submodule('layers.2.downsample.reduction'), LoRALinear)
+    trainable = {n for n, p in toy_model.named_parameters() if p.requires_grad}
+    assert 'backbone.layers.2.downsample.reduction.base_layer.weight' not in trainable
+    assert 'backbone.layers.2.downsample.reduction.lora_A' in trainable
+    assert 'backbone.layers.0.blocks.1.mlp.fc1.base_layer.weight' not in trainable
+    assert {'backbone.prompt_embed.tokens', 'backbone.layers.1.prompt_merge.proj.weight',
+            'backbone.layers.3.blocks.1.mlp.fc2.frequencies.clock_w', 'backbone.layers.3.blocks.1.mlp.fc2.awb_W',
+            'decoder.shared_conv.weight', 'decoder.shared_conv.frequencies.clock_s',
+            'backbone.layers.0.blocks.0.attn.relative_position_bias_table', 'backbone.patch_embed.proj.weight'
+            } <= trainable
+    assert toy_model.method.variant() == 'r=64'
+
+
+def test_fresh_model_computes_the_frozen_backbone(toy_model):
+    model = copy.deepcopy(toy_model).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        feats = model.backbone(x)
+    assert [tuple(f.shape) for f in feats] == [(5, 1, 32, 28, 28), (5, 1, 64, 14, 14), (5, 1, 128, 7, 7),
+                                               (5, 1, 128, 7, 7)]
+    for f in feats:   # every task stream equals the shared one: all updates start at zero
+        torch.testing.assert_close(f[1:], f[:1].expand_as(f[1:]))
+    plain = copy.deepcopy(model.backbone)    # same task tokens, adapters replaced by the frozen layers
+    for name in model.adapted_sites:
+        plain.replace_site(name, plain.get_submodule(name).base_layer)
+    with torch.no_grad():
+        ref = plain(x)
+    for f, g in zip(feats, ref):
+        torch.testing.assert_close(f[:1], g)
+
+
+def test_gradients_reach_exactly_the_trainable_parameters(toy_model):
+    model = copy.deepcopy(toy_model).train()
+    with torch.no_grad():   # leave the zero init so that priors, factors and clocks get signal
+        for m in model.modules():
+            if isinstance(m, SineAWBLinear):
+                m.awb_A.normal_(0, 0.05)
+    out = model(torch.randn(1, 3, 224, 224))
+    assert {t: tuple(y.shape) for t, y in out.items()} == {'semseg': (1, 21, 224, 224), 'human_parts': (1, 7, 224, 224),
+                                                           'sal': (1, 1, 224, 224), 'normals': (1, 3, 224, 224)}
+    sum(y.pow(2).mean() for y in out.values()).backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, n
+    fc2 = model.backbone.get_submodule('layers.3.blocks.1.mlp.fc2')
+    for p in (fc2.awb_A, fc2.awb_W, fc2.awb_B, fc2.frequencies.clock_w, fc2.frequencies.clock_s,
+              fc2.frequencies.clock_c, model.backbone.prompt_embed.tokens,
+              model.decoder.shared_conv.frequencies.clock_w):
+        assert p.grad.abs().sum() > 0
+
+
+def test_eval_is_deterministic_and_copies_agree(toy_model):
+    model = copy.deepcopy(toy_model).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        c = copy.deepcopy(model)(x)
+    for t in a:
+        torch.testing.assert_close(a[t], b[t])
+        torch.testing.assert_close(a[t], c[t])
+    rec = model.method.record_extras(model)['frequencies']
+    assert set(rec['decoder.shared_conv']) == set(PASCAL) and len(rec) == 9
+
+
+@pytest.mark.parametrize('options', [
+    dict(awb_kinds=('proj', 'fc1', 'fc2')), dict(conv_kernel=1, independent_base=True),
+    dict(shared_path='plain', clock='fixed'), dict(shared_decoder=False),
+], ids=['proj', 'k1-indep', 'plain-fixed', 'indep-decoder'])
+def test_options_forward(options):
+    torch.manual_seed(0)
+    model = MultiTaskModel('pascal_context', dict(type='free_sinewich', **options), TOY).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith('awb_A'):
+                p.normal_(0, 0.05)
+        feats = model.backbone(torch.randn(1, 3, 224, 224))
+        out = model.decoder(feats)
+    assert all(f.shape[0] == 5 for f in feats)
+    assert all(out[t].shape == (1, o, 224, 224) for t, o in DATASET_TASKS['pascal_context'].items())
+    assert not torch.allclose(feats[0][1], feats[0][2])      # task streams differ once A moved
+    if 'proj' in options.get('awb_kinds', ()):                # streams fork at the attention output
+        assert isinstance(model.backbone.get_submodule('layers.0.blocks.1.attn.proj'), SineAWBLinear)
+
+
+def test_stage_clock_round_trip_and_copies():
+    """``clock_source='stage'``: clocks read the tokens of the forward; copies and state dicts agree."""
+    options = dict(type='free_sinewich', clock_source='stage')
+    torch.manual_seed(0)
+    model = MultiTaskModel('pascal_context', options, TOY).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith('awb_A'):
+                p.normal_(0, 0.05)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+    torch.manual_seed(1)
+    other = MultiTaskModel('pascal_context', options, TOY).eval()
+    other.load_state_dict(copy.deepcopy(model.state_dict()))
+    dup = copy.deepcopy(model)
+    assert dup.decoder.shared_conv.frequencies._state is dup.backbone.prompt_embed._state
+    assert dup.backbone.prompt_embed._state is not model.backbone.prompt_embed._state
+    with torch.no_grad():
+        out, out_dup = other(x), dup(x)
+    for t in ref:
+        torch.testing.assert_close(out[t], ref[t])
+        torch.testing.assert_close(out_dup[t], ref[t])
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize('bad', [dict(awb_kinds=('qkv',)), dict(awb_kinds=()), dict(conv_kernel=2),
+                                 dict(clock='nope'), dict(lowpass_size=4), dict(r=0),
+                                 dict(train_reductions=True), dict(shared_path='plain', independent_base=True)])
+def test_invalid_options_are_refused(bad):
+    with pytest.raises(ValueError):
+        FreeSinewichConfig(**bad)
+
+
+def test_configs_cover_the_paper_rows():
+    from mmengine.config import Config
+    variants = {'r64': {}, 'r32': dict(r=32), 'r64-no-clock': dict(clock='learned'),
+                'r64-no-lowpass': dict(lowpass=False), 'r64-no-sine': dict(sine=False),
+                'r64-indep-base': dict(independent_base=True), 'r64-indep-decoder': dict(shared_decoder=False)}
+    for dataset in ('pascal-context', 'nyudv2'):
+        default = Config.fromfile(str(CONFIGS / f'free-sinewich_swin-t_{dataset}.py')).model.method
+        assert default.to_dict() == dict(type='free_sinewich', r=64)
+        for v, opts in variants.items():
+            method = Config.fromfile(str(CONFIGS / f'free-sinewich-{v}_swin-t_{dataset}.py')).model.method.to_dict()
+            assert method.pop('type') == 'free_sinewich'
+            cfg = FreeSinewichConfig(**method)
+            for k, val in opts.items():
+                assert getattr(cfg, k) == val, (v, k)
