@@ -59,8 +59,13 @@ def test_task_lora_math_matches_hand_computation():
         # frozen weight on the SHARED input, task update on the task input, no shared update
         expect = x[0] @ W.T + b + 4.0 * x[1 + t] @ layer.lora_task_A[t].T @ layer.lora_task_B[t].T
         torch.testing.assert_close(y[1 + t], expect)
+    with torch.no_grad():  # the inference path (written in place, no concatenation) agrees
+        torch.testing.assert_close(layer(x), y)
+        torch.testing.assert_close(layer(x[:1]), layer(x[:1].clone().requires_grad_(False)))
     # one input stream (proj of a task block): task inputs are the shared input
     y1 = layer(x[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x[:1]), y1)
     assert y1.shape[0] == 3
     torch.testing.assert_close(y1[1], x[0] @ W.T + b + 4.0 * x[0] @ layer.lora_task_A[0].T @ layer.lora_task_B[0].T)
 

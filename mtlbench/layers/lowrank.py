@@ -130,18 +130,30 @@ class TaskLoRALinear(AdapterLayer):
         shared_in = x[:1]
         base = self.base_layer(shared_in)                       # frozen weight on the shared input
         dropped = self.dropout(shared_in)
-        task_in = dropped.expand(T, *dropped.shape[1:]) if x.shape[0] == 1 else x[1:]
-        lead = task_in.shape[1:-1]
-        flat = task_in.reshape(T, -1, self.in_features)
-        upd = torch.bmm(torch.bmm(flat, self.lora_task_A.transpose(1, 2)), self.lora_task_B.transpose(1, 2))
-        task_out = base + self.task_scale * upd.reshape(T, *lead, self.out_features)
-        shared_out = base
-        if self.r > 0:
-            shared_upd = self.shared_update(dropped)
-            shared_out = base + shared_upd
-            if self.task_includes_shared:
-                task_out = task_out + shared_upd
-        return torch.cat([shared_out, task_out], dim=0)
+        lead = shared_in.shape[1:-1]
+        if x.shape[0] == 1:   # task inputs = the shared input: one [M, in] @ [in, T * r] product
+            down = dropped.reshape(-1, self.in_features) @ self.lora_task_A.reshape(-1, self.in_features).t()
+            down = down.view(-1, T, self.task_r).transpose(0, 1)
+        else:
+            down = torch.bmm(x[1:].reshape(T, -1, self.in_features), self.lora_task_A.transpose(1, 2))
+        base_flat = base.reshape(1, -1, self.out_features)
+        shared_upd = self.shared_update(dropped) if self.r > 0 else None
+        if shared_upd is not None and self.task_includes_shared:
+            base_flat = base_flat + shared_upd.reshape(1, -1, self.out_features)
+        Bt = self.lora_task_B.transpose(1, 2)
+        if torch.is_grad_enabled():
+            # out[1 + t] = base + task_scale * (x_t A_t^T) B_t^T, one fused batched GEMM for all tasks
+            shared = base if shared_upd is None else base + shared_upd
+            task = torch.baddbmm(base_flat.expand(T, -1, -1), down, Bt, alpha=self.task_scale)
+            return torch.cat([shared, task.view(T, *lead, self.out_features)], dim=0)
+        # inference: every stream is written straight into one buffer (no concatenation copy)
+        out = base.new_empty((1 + T, base_flat.shape[1], self.out_features))
+        torch.baddbmm(base_flat.expand(T, -1, -1), down, Bt, alpha=self.task_scale, out=out[1:])
+        if shared_upd is None:
+            out[0].copy_(base_flat[0])
+        else:
+            torch.add(base_flat[0], shared_upd.reshape(-1, self.out_features), out=out[0])
+        return out.view(1 + T, *lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f'tasks={self.num_tasks}, r={self.r}, task_r={self.task_r}, scale={self.scale}'
