@@ -121,6 +121,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ranks(args: argparse.Namespace) -> int:
+    import json
+
+    from mtlbench.ranks import final_ranks_from_history, format_rank_table, plot_rank_history
+
+    with open(args.record) as f:
+        rec = json.load(f)
+    history = rec.get('rank_history')
+    if not history:
+        raise ValueError(f'{args.record}: the run record has no rank_history (method {rec.get("method")!r})')
+    print(format_rank_table(final_ranks_from_history(history)))
+    if args.plot:
+        print(f'plot written: {plot_rank_history(history, args.plot)}')
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     import mtlbench.methods  # noqa: F401
     from mtlbench.config import list_configs
@@ -228,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--warmup', type=int, default=3)
     b.add_argument('--out', default='results/bench')
     b.set_defaults(func=cmd_bench)
+
+    rk = sub.add_parser('ranks', help="per-adapter rank table (and plot) of a run record's rank_history")
+    rk.add_argument('record', help='run record JSON (results/runs/*.json)')
+    rk.add_argument('--plot', metavar='PNG', help='also plot the rank history to this PNG')
+    rk.set_defaults(func=cmd_ranks)
 
     m = sub.add_parser('methods', help='list registered methods and their configs')
     m.set_defaults(func=cmd_methods)

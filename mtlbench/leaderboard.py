@@ -252,10 +252,18 @@ def _group_title(dataset: str, key: Mapping[str, Any], full_tasks: bool) -> str:
     return ' — '.join(parts)
 
 
+def _bench_backbone(arch: Optional[str]) -> Optional[str]:
+    """Backbone label of a bench record's ``arch`` (``'tiny'`` -> ``'swin-t'``), as run records name it."""
+    if arch is None:
+        return None
+    return {'tiny': 'swin-t', 'small': 'swin-s', 'base': 'swin-b'}.get(arch, f'swin-{arch}')
+
+
 def _bench_for(bench: Sequence[Mapping], method: str, variant: str, dataset: str,
-               img_size: Sequence[int]) -> Optional[Mapping]:
+               img_size: Sequence[int], backbone: Optional[str] = None) -> Optional[Mapping]:
     cands = [b for b in bench if b.get('method') == method and b.get('variant') == variant
-             and b.get('dataset') == dataset]
+             and b.get('dataset') == dataset
+             and (backbone is None or b.get('arch') is None or _bench_backbone(b.get('arch')) == backbone)]
     if not cands:
         return None
     same = [b for b in cands if tuple(b.get('img_size') or ()) == tuple(img_size)]
@@ -377,7 +385,7 @@ def _build_group(dataset: str, key: Dict[str, Any], recs: List[Mapping],
             row['delta_m_reason'] = reason
         if row['delta_m_reason'] and baseline is not None:
             notes.append(f'{label}: Δm not computed — {row["delta_m_reason"]}.')
-        b = _bench_for(bench, method, variant, dataset, key['img_size'])
+        b = _bench_for(bench, method, variant, dataset, key['img_size'], key.get('backbone'))
         row['bench_device'] = b.get('device') if b else None
         row['train_img_s'] = b.get('train_img_s') if b else None
         row['infer_img_s'] = b.get('infer_img_s') if b else None

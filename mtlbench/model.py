@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
-from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from torch import nn
 
@@ -96,7 +95,7 @@ class MultiTaskModel(BaseModel):
         for t in self.tasks:
             value = self.losses[t](raw[t], targets[t])
             if not torch.isfinite(value).all():
-                it = MessageHub.get_current_instance().get_info('iter')
+                it = getattr(self, 'current_iter', None)
                 raise NonFiniteLossError(
                     f'loss of task {t!r} is {value.item()} at iteration {it}; stopping before the update. '
                     f'The last checkpoint in the work dir is intact; lower the learning rate or check the data.')

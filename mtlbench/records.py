@@ -371,8 +371,9 @@ def _validate_run(rec: Mapping) -> List[str]:
     if 'img_size' in rec:
         problems += _check_img_size(rec['img_size'])
     problems += _check_created(rec.get('created'))
-    if rec.get('eval_protocol') is not None and rec.get('eval_protocol') not in EVAL_PROTOCOLS:
-        problems.append(f'eval_protocol {rec.get("eval_protocol")!r} not in {EVAL_PROTOCOLS}')
+    proto = rec.get('eval_protocol')
+    if proto is not None and proto not in EVAL_PROTOCOLS and not re.fullmatch(r'resized-\d+(x\d+)?', str(proto)):
+        problems.append(f'eval_protocol {proto!r} is neither one of {EVAL_PROTOCOLS} nor resized-<size>')
     if rec.get('checkpoint') is not None and rec.get('checkpoint') not in CHECKPOINTS:
         problems.append(f'checkpoint {rec.get("checkpoint")!r} not in {CHECKPOINTS}')
 

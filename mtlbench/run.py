@@ -268,6 +268,9 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     method = model.method
     for hook in method.runner_hooks():
+        kind = hook.get('type') if isinstance(hook, dict) else type(hook).__name__
+        if any(type(h).__name__ == kind for h in runner.hooks):
+            continue  # already in the config's custom_hooks: never run a method's hook twice
         runner.register_hook(hook)
     runner.train()
     metrics = getattr(runner, 'mtl_last_metrics', None)
@@ -311,6 +314,16 @@ def nest_metrics(flat: Dict[str, float], tasks: Sequence[str]) -> Dict[str, Dict
     return out
 
 
+def _eval_protocol(cfg: Config, img_size) -> str:
+    """``resized-<size>``: scored at the network input size against resized ground truth (the
+    field's protocol at 448), or the config's other protocol name."""
+    proto = cfg.get('eval_protocol', 'resized-448')
+    if proto.startswith('resized'):
+        h, w = img_size
+        return f'resized-{h}' if h == w else f'resized-{h}x{w}'
+    return proto
+
+
 def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat_metrics: Dict[str, float],
                      wall_time_s: float, extras: Optional[Dict[str, Any]] = None) -> Path:
     """Assemble and atomically write the run record; Δm against existing baseline records."""
@@ -324,7 +337,7 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
         dataset=model.dataset_name, tasks=tasks, backbone=f'swin-{model.backbone.arch[0]}'
         if model.backbone.arch in ('tiny', 'small', 'base') else f'swin-{model.backbone.arch}',
         pretrained=model.backbone.pretrained, img_size=list(model.backbone.img_size),
-        eval_protocol=cfg.get('eval_protocol', 'resized-448'), synthetic=bool(cfg.synthetic), seed=opts.seed,
+        eval_protocol=_eval_protocol(cfg, model.backbone.img_size), synthetic=bool(cfg.synthetic), seed=opts.seed,
         git_sha=_git_sha(), checkpoint=cfg.get('report_checkpoint', 'last'),
         epochs=int(cfg.train_cfg.max_epochs), iters=None, metrics=metrics,
         params=model.param_breakdown(), wall_time_s=round(wall_time_s, 2), device=_device_name(),

@@ -52,8 +52,8 @@ def test_listed_files_absent_are_summarised(capsys, tmp_path, pascal_root):
     shutil.copytree(pascal_root, root)
     for p in sorted((root / 'JPEGImages').glob('*.jpg'))[:3]:
         p.unlink()
-    err = _err(capsys, ['run', '--method', 'full_ft', '--data-root', str(root), '--work-dir', str(tmp_path / 'w')]
-               + FAST)
+    err = _err(capsys, ['run', '--method', 'full_ft', '--data-root', str(root), '--work-dir', str(tmp_path / 'w'),
+                        *IMG] + FAST)
     assert 'JPEGImages' in err and '3' in err
 
 
@@ -81,7 +81,7 @@ def test_pretrained_weights_survive_training_and_nothing_is_written_into_inputs(
     from mtlbench.backbones.swin import SwinBackbone
     weights = tmp_path / 'weights'
     weights.mkdir()
-    torch.save(SwinBackbone('toy', (224, 224)).state_dict(), weights / 'toy.pth')
+    torch.save(SwinBackbone('toy', (128, 128), window_size=4).state_dict(), weights / 'toy.pth')
 
     def snapshot(folder):
         return {str(p): p.stat().st_mtime_ns for p in Path(folder).rglob('*')}

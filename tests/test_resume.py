@@ -34,10 +34,17 @@ def _record(results_dir):
     return json.loads(path.read_text())
 
 
+def _subprocess_run(args):
+    # every run of this file in a fresh process: same threads and state, so results are bitwise comparable
+    res = subprocess.run(python_cmd() + args, env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 @pytest.fixture(scope='module')
 def uninterrupted(pascal_root, tmp_path_factory):
     base = tmp_path_factory.mktemp('uninterrupted')
-    assert run_cli(_args(pascal_root, base / 'w', base / 'runs')) == 0
+    _subprocess_run(_args(pascal_root, base / 'w', base / 'runs'))
     return base
 
 
@@ -83,7 +90,7 @@ def test_interrupted_run_resumes_to_the_same_result(how, uninterrupted, pascal_r
         assert rc == -signal.SIGKILL
     assert not list(work.glob('.*.tmp*')), 'a half-written checkpoint was left behind'
     assert not list((tmp_path / 'runs').glob('*.json')) if (tmp_path / 'runs').exists() else True
-    assert run_cli(_args(pascal_root, work, tmp_path / 'runs') + ['--resume']) == 0
+    _subprocess_run(_args(pascal_root, work, tmp_path / 'runs') + ['--resume'])
     _assert_same_run(uninterrupted, tmp_path)
 
 

@@ -32,6 +32,8 @@ class IterSeedHook(Hook):
         self.seed = seed
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        model = getattr(runner.model, 'module', runner.model)
+        model.current_iter = int(runner.iter)  # for error messages (e.g. a NaN loss)
         base = runner.seed if self.seed is None else self.seed
         s = sample_seed(int(base), int(runner.iter), 1_000_003 + get_rank())
         torch.manual_seed(s)

@@ -10,6 +10,7 @@ model = dict(
         type='SwinBackbone',
         arch='tiny',
         img_size=(448, 448),
+        window_size=7,
         drop_path_rate=0.2,
         # Local path to swin_tiny_patch4_window7_224.pth (official) or a timm checkpoint;
         # None = random init (a warning is logged). Set with --pretrained.
