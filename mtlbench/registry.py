@@ -29,6 +29,22 @@ METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='mtlbench',
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mtlbench',
                  locations=['mtlbench.engine'])
 LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope='mtlbench', locations=['mtlbench.engine'])
+# Children that only exist so that mmengine's own components (optimizers, schedulers, wrappers,
+# visualisers ...) resolve under default_scope='mtlbench' without a fallback warning.
+from mmengine import registry as _mm  # noqa: E402
+
+OPTIMIZERS = Registry('optimizer', parent=_mm.OPTIMIZERS, scope='mtlbench')
+OPTIM_WRAPPERS = Registry('optim_wrapper', parent=_mm.OPTIM_WRAPPERS, scope='mtlbench')
+OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor', parent=_mm.OPTIM_WRAPPER_CONSTRUCTORS,
+                                      scope='mtlbench')
+PARAM_SCHEDULERS = Registry('parameter scheduler', parent=_mm.PARAM_SCHEDULERS, scope='mtlbench')
+MODEL_WRAPPERS = Registry('model_wrapper', parent=_mm.MODEL_WRAPPERS, scope='mtlbench')
+VISUALIZERS = Registry('visualizer', parent=_mm.VISUALIZERS, scope='mtlbench')
+VISBACKENDS = Registry('vis_backend', parent=_mm.VISBACKENDS, scope='mtlbench')
+LOG_PROCESSORS = Registry('log_processor', parent=_mm.LOG_PROCESSORS, scope='mtlbench')
+EVALUATOR = Registry('evaluator', parent=_mm.EVALUATOR, scope='mtlbench')
+WEIGHT_INITIALIZERS = Registry('weight initializer', parent=_mm.WEIGHT_INITIALIZERS, scope='mtlbench')
+
 # Backbone adaptation methods (MTLoRA, FAAR, baselines ...). Not an mmengine model: a method
 # rewrites a backbone, it is not itself a module. Keys are lower-case (``free_sinewich``).
 METHODS = Registry('method', scope='mtlbench', locations=['mtlbench.methods'])
