@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args(argv)
-    from mtlbench.bench import merge_adapters
+    from mtlbench.method import merge_adapters
     from mtlbench.losses import build_loss
 
     device = torch.device(args.device)

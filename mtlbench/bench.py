@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import MMLogger
 
-__all__ = ['BenchOptions', 'bench', 'measure', 'synthetic_batch', 'merge_adapters']
+__all__ = ['BenchOptions', 'bench', 'measure', 'synthetic_batch']
 
 
 @dataclass
@@ -59,19 +59,6 @@ def synthetic_batch(model, batch: int, size: Sequence[int], device: torch.device
         elif t == 'depth':
             targets[t] = torch.rand(batch, 1, H, W, generator=g) * 5 + 0.1
     return x.to(device), {k: v.to(device) for k, v in targets.items()}
-
-
-def merge_adapters(model) -> List[str]:
-    """Fold every mergeable adapter into its frozen weight; returns the merged module names."""
-    merged = []
-    for name, m in model.named_modules():
-        if hasattr(m, 'merge') and hasattr(m, 'base_layer'):
-            try:
-                m.merge()
-                merged.append(name)
-            except NotImplementedError:
-                pass
-    return merged
 
 
 def _sync(device: torch.device) -> None:
@@ -127,6 +114,7 @@ def _device_name(device: torch.device) -> str:
 def bench(opts: BenchOptions) -> Path:
     """Measure and write a bench record; returns its path."""
     from mtlbench import records
+    from mtlbench.method import merge_adapters
     from mtlbench.params import build_model_from_config
 
     logger = MMLogger.get_current_instance()

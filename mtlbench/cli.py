@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         img_size=args.img_size, tasks=args.tasks, amp=args.amp, launcher=args.launcher, resume=args.resume,
         deterministic=args.deterministic, cfg_options=_parse_cfg_options(args.cfg_options),
         synthetic_samples=args.synthetic_samples, max_samples=args.max_samples,
-        eval_only=args.eval_only, eval_before_train=args.eval_before_train)
+        eval_only=args.eval_only, eval_before_train=args.eval_before_train, merged=args.merged)
     paths = run(opts)
     for p in paths:
         print(f'run record written: {p}')
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--max-samples', type=int, help='use only the first N samples of each split')
     r.add_argument('--eval-only', metavar='CHECKPOINT',
                    help='only evaluate CHECKPOINT on the val split (writes <work_dir>/eval_metrics.json)')
+    r.add_argument('--merged', action='store_true',
+                   help='with --eval-only: fold mergeable adapters into the frozen weights before scoring')
     r.add_argument('--eval-before-train', action='store_true',
                    help='also score the untrained model (kept in the record as initial_metrics)')
     r.add_argument('--local-rank', '--local_rank', type=int, default=0, help=argparse.SUPPRESS)

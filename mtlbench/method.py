@@ -26,7 +26,7 @@ from torch import nn
 from mtlbench.registry import METHODS
 
 __all__ = ['MethodConfig', 'Method', 'MethodModule', 'AdapterLayer', 'build_method', 'apply_trainable',
-           'param_breakdown', 'method_modules']
+           'param_breakdown', 'method_modules', 'merge_adapters']
 
 
 @dataclass
@@ -239,3 +239,20 @@ def param_breakdown(backbone: nn.Module, decoder: nn.Module) -> Dict[str, int]:
     total = sum(p.numel() for p in backbone.parameters()) + sum(p.numel() for p in decoder.parameters())
     return dict(adapter=adapter, decoder=dec, backbone_other=other, encoder_trainable=adapter + other,
                 total_trainable=adapter + other + dec, total=total)
+
+
+def merge_adapters(model: nn.Module) -> List[str]:
+    """Fold every adapter whose math allows it into its frozen weight (inference only).
+
+    Returns:
+        names of the merged modules (adapters that cannot merge are left as they are).
+    """
+    merged = []
+    for name, m in model.named_modules():
+        if isinstance(m, AdapterLayer):
+            try:
+                m.merge()
+                merged.append(name)
+            except NotImplementedError:
+                pass
+    return merged

@@ -64,6 +64,7 @@ class RunOptions:
     max_samples: Optional[int] = None
     eval_only: Optional[str] = None
     eval_before_train: bool = False
+    merged: bool = False
 
 
 @HOOKS.register_module()
@@ -232,6 +233,8 @@ def _init_cpu_distributed(launcher: str) -> None:
 
 def run(opts: RunOptions) -> List[Path]:
     """Train, evaluate and record. Returns the paths of the run records written (rank 0)."""
+    if opts.merged and not opts.eval_only:
+        raise ValueError('--merged folds adapters for evaluation only; use it with --eval-only CHECKPOINT')
     _init_cpu_distributed(opts.launcher)
     cfg = prepare_config(opts)
     from mtlbench.registry import METHODS
@@ -293,6 +296,8 @@ def _evaluate_only(opts: RunOptions, cfg: Config) -> List[Path]:
     from mtlbench.engine import MTLRunner
 
     cfg.load_from, cfg.resume = opts.eval_only, False
+    if opts.merged:
+        cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='MergeAdaptersHook')]
     runner = MTLRunner.from_cfg(cfg)
     metrics = runner.val()
     if not is_main_process():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,3 +91,18 @@ def test_dead_rank_does_not_hang(pascal_root, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError('the surviving rank hung after its peer died')
     assert rc != 0 and time.time() - start < 120
+
+
+def test_merged_evaluation_equals_unmerged(trained, pascal_root):
+    """``--eval-only CKPT --merged`` folds the shared LoRA into the frozen weights: same metrics."""
+    tmp, ckpt = trained
+    assert run_cli(_common(pascal_root, tmp, 'plain_eval') + ['--eval-only', str(ckpt)]) == 0
+    assert run_cli(_common(pascal_root, tmp, 'merged_eval') + ['--eval-only', str(ckpt), '--merged']) == 0
+    a = json.loads((tmp / 'plain_eval' / 'eval_metrics.json').read_text())
+    b = json.loads((tmp / 'merged_eval' / 'eval_metrics.json').read_text())
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-3), k
+    logs = ''.join(p.read_text() for p in (tmp / 'merged_eval').glob('*/*.log'))
+    assert re.search(r'merged [1-9]\d* adapter layers', logs)
+    with pytest.raises(ValueError, match='--merged folds adapters for evaluation only'):
+        run_cli(_common(pascal_root, tmp, 'bad') + ['--merged'])

@@ -2,10 +2,10 @@
 from mtlbench.engine.checkpoint import (CheckpointError, find_resumable_checkpoint, register_safe_loader,
                                         safe_torch_load)
 from mtlbench.engine.data import ResumableSampler, SeededDataset, sample_seed
-from mtlbench.engine.hooks import IterSeedHook
+from mtlbench.engine.hooks import IterSeedHook, MergeAdaptersHook
 from mtlbench.engine.loops import PREEMPT_CHECKPOINT, Preempted, ResumableEpochBasedTrainLoop
 from mtlbench.engine.runner import MTLRunner
 
 __all__ = ['CheckpointError', 'find_resumable_checkpoint', 'register_safe_loader', 'safe_torch_load',
-           'ResumableSampler', 'SeededDataset', 'sample_seed', 'IterSeedHook', 'PREEMPT_CHECKPOINT',
+           'ResumableSampler', 'SeededDataset', 'sample_seed', 'IterSeedHook', 'MergeAdaptersHook', 'PREEMPT_CHECKPOINT',
            'Preempted', 'ResumableEpochBasedTrainLoop', 'MTLRunner']

@@ -13,7 +13,7 @@ from mmengine.logging import HistoryBuffer
 from mtlbench.engine.data import sample_seed
 from mtlbench.registry import HOOKS
 
-__all__ = ['IterSeedHook', 'PlainCheckpointHook']
+__all__ = ['IterSeedHook', 'PlainCheckpointHook', 'MergeAdaptersHook']
 
 
 @HOOKS.register_module()
@@ -64,3 +64,19 @@ class PlainCheckpointHook(Hook):
         for key, value in list(scalars.items()):
             if isinstance(value, dict) and value.get(self._TAG):
                 scalars[key] = HistoryBuffer(value['log'], value['count'], value['max_length'])
+
+
+@HOOKS.register_module()
+class MergeAdaptersHook(Hook):
+    """Fold mergeable adapters into the frozen weights before evaluation (``--merged``), so the
+    shared path costs what the plain backbone costs. Evaluation-only: never use while training."""
+    priority = 'VERY_HIGH'
+
+    def __init__(self) -> None:
+        self.merged = None
+
+    def before_val(self, runner) -> None:
+        from mtlbench.method import merge_adapters
+        if self.merged is None:
+            self.merged = merge_adapters(getattr(runner.model, 'module', runner.model))
+            runner.logger.info(f'merged {len(self.merged)} adapter layers into their frozen weights')
