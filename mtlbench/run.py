@@ -304,7 +304,9 @@ def _evaluate_only(opts: RunOptions, cfg: Config) -> List[Path]:
         return []
     path = Path(cfg.work_dir) / 'eval_metrics.json'
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: float(v) for k, v in metrics.items()}, indent=1, sort_keys=True))
+    merged = next((h.merged for h in runner.hooks if type(h).__name__ == 'MergeAdaptersHook'), None)
+    path.write_text(json.dumps({'checkpoint': opts.eval_only, 'merged_adapters': merged,
+                                'metrics': {k: float(v) for k, v in metrics.items()}}, indent=1, sort_keys=True))
     print_log(f'metrics of {opts.eval_only}: {path}', logger='current')
     return [path]
 
