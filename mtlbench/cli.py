@@ -111,8 +111,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mtlbench.bench import BenchOptions, bench
+    from mtlbench.bench import BenchOptions, bench, bench_loader
 
+    if args.loader:
+        res = bench_loader(args.dataset, args.data_root, num_workers=args.num_workers, batch_size=args.batch_size,
+                           batches=args.iters, img_size=tuple(args.img_size))
+        print(f'data loader ({args.dataset}, {res["num_workers"]} workers, batch {args.batch_size}, '
+              f'{args.img_size[0]}x{args.img_size[1]}): {res["img_s"]:.1f} img/s over {res["samples"]} samples')
+        return 0
+
+    if not args.method:
+        raise ValueError('mtlbench bench needs --method (or --loader)')
     opts = BenchOptions(method=args.method, dataset=args.dataset, device=args.device, batch_size=args.batch_size,
                         amp=args.amp, compile=args.compile, img_size=tuple(args.img_size), iters=args.iters,
                         warmup=args.warmup, out_dir=args.out, merged=args.merged, arch=args.arch)
@@ -232,8 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument('extra', nargs=argparse.REMAINDER, help='-- extra arguments passed to every run')
     sw.set_defaults(func=cmd_sweep)
 
-    b = sub.add_parser('bench', help='throughput / memory / FLOPs on synthetic tensors')
-    b.add_argument('--method', required=True)
+    b = sub.add_parser('bench', help='throughput / memory / FLOPs on synthetic tensors, or the data loader')
+    b.add_argument('--method', help='method to bench (not needed with --loader)')
+    b.add_argument('--loader', action='store_true', help='measure the training data pipeline (img/s) instead')
+    b.add_argument('--data-root', help='with --loader: dataset root (default: the synthetic dataset)')
+    b.add_argument('--num-workers', type=int, default=2, help='with --loader: DataLoader workers')
     b.add_argument('--dataset', default='pascal_context', choices=DATASETS)
     b.add_argument('--device', default='cuda' if _cuda() else 'cpu', choices=('cpu', 'cuda'))
     b.add_argument('--batch-size', type=int, default=2)
