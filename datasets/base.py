@@ -262,9 +262,24 @@ class MultiTaskDataset(Dataset):
         """Read, check and convert the task maps of one sample (per ``self.tasks``)."""
         raise NotImplementedError
 
-    def default_pipeline(self) -> List[dict]:
-        """The reference pipeline for ``self.split`` (module docstrings of the subclasses)."""
+    def train_augmentations(self) -> List[dict]:
+        """The dataset's reference training augmentations (before resize / normalise / pack)."""
         raise NotImplementedError
+
+    def default_pipeline(self) -> List[dict]:
+        """The reference pipeline for ``self.split``. Train: the dataset's augmentations, resize,
+        normalise. Val: resize (image only when ``eval_at_original_resolution``), normalise."""
+        if self.split == 'train':
+            return self.train_augmentations() + [
+                dict(type='MTResize', size=self.img_size),
+                dict(type='MTNormalize'),
+                dict(type='MTPackInputs'),
+            ]
+        return [
+            dict(type='MTResize', size=self.img_size, resize_targets=not self.eval_at_original_resolution),
+            dict(type='MTNormalize'),
+            dict(type='MTPackInputs'),
+        ]
 
     # -- public ----------------------------------------------------------------------------------
 

@@ -79,23 +79,11 @@ class NYUDv2MT(MultiTaskDataset):
             files['normals'] = root / 'normals' / f'{sample_id}.npy'
         return files
 
-    def default_pipeline(self) -> List[dict]:
-        """Train: flip, zoom from {1.0, 1.2, 1.5} (depth / zoom), resize, normalise.
-        Val: resize (image only when ``eval_at_original_resolution``), normalise."""
-        if self.split == 'train':
-            return [
-                dict(type='MTRandomFlip', prob=0.5),
-                dict(type='MTRandomScaleRotate', rotate_range=None, scale_range=None,
-                     scale_choices=(1.0, 1.2, 1.5)),
-                dict(type='MTResize', size=self.img_size),
-                dict(type='MTNormalize'),
-                dict(type='MTPackInputs'),
-            ]
+    def train_augmentations(self) -> List[dict]:
+        """Flip, zoom from {1.0, 1.2, 1.5} on the same canvas (depth divided by the zoom), no rotation."""
         return [
-            dict(type='MTResize', size=self.img_size,
-                 resize_targets=not self.eval_at_original_resolution),
-            dict(type='MTNormalize'),
-            dict(type='MTPackInputs'),
+            dict(type='MTRandomFlip', prob=0.5),
+            dict(type='MTRandomScaleRotate', rotate_range=None, scale_range=None, scale_choices=(1.0, 1.2, 1.5)),
         ]
 
     def _load_targets(self, files: Dict[str, Path], hw: Tuple[int, int]) -> Dict[str, np.ndarray]:

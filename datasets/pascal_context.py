@@ -137,23 +137,11 @@ class PascalContextMT(MultiTaskDataset):
             files['context'] = root / 'pascal-context' / 'trainval' / f'{sample_id}.mat'
         return files
 
-    def default_pipeline(self) -> List[dict]:
-        """Train: flip, rotate [-20, 20] deg + scale [0.75, 1.25], resize, normalise.
-        Val: resize (image only when ``eval_at_original_resolution``), normalise."""
-        if self.split == 'train':
-            return [
-                dict(type='MTRandomFlip', prob=0.5),
-                dict(type='MTRandomScaleRotate', rotate_range=(-20.0, 20.0),
-                     scale_range=(0.75, 1.25)),
-                dict(type='MTResize', size=self.img_size),
-                dict(type='MTNormalize'),
-                dict(type='MTPackInputs'),
-            ]
+    def train_augmentations(self) -> List[dict]:
+        """Flip, then rotate in [-20, 20] degrees and scale in [0.75, 1.25] about the centre."""
         return [
-            dict(type='MTResize', size=self.img_size,
-                 resize_targets=not self.eval_at_original_resolution),
-            dict(type='MTNormalize'),
-            dict(type='MTPackInputs'),
+            dict(type='MTRandomFlip', prob=0.5),
+            dict(type='MTRandomScaleRotate', rotate_range=(-20.0, 20.0), scale_range=(0.75, 1.25)),
         ]
 
     # -- per-task readers ------------------------------------------------------------------------
