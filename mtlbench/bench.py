@@ -9,15 +9,13 @@ image (matmuls and convolutions; elementwise ops are not counted).
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import platform
 import resource
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import MMLogger

@@ -10,7 +10,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from mmengine.model import BaseModel
-from torch import nn
 
 from mtlbench.heads.hrnet import MultiTaskDecoder
 from mtlbench.method import Method, apply_trainable, build_method, param_breakdown

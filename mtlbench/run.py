@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from mmengine.config import Config
-from mmengine.dist import get_rank, is_main_process
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger, print_log
 
@@ -255,7 +255,6 @@ def run(opts: RunOptions) -> List[Path]:
 
 def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
     from mtlbench.engine import MTLRunner, find_resumable_checkpoint
-    from mtlbench.evaluation.delta_m import primary_values  # noqa: F401 (import check)
 
     cfg = copy.deepcopy(cfg)
     cfg.work_dir = _work_dir(opts, cfg, tag)

@@ -1,11 +1,8 @@
-"""Shared fixtures: small synthetic datasets in the real layouts and a fast run helper."""
+"""Shared fixtures: small synthetic datasets in the real layouts (helpers: mtl_testing.py)."""
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
-from typing import List
 
 import pytest
 import torch
@@ -14,6 +11,7 @@ torch.set_num_threads(2)
 
 # Keep every cache write of the test session inside a temporary folder.
 os.environ.setdefault('MTLBENCH_CACHE', str(Path(os.environ.get('PYTEST_TMPDIR', '/tmp')) / 'mtlbench-test-cache'))
+
 
 @pytest.fixture(scope='session')
 def pascal_root(tmp_path_factory) -> str:

@@ -3,7 +3,6 @@ that turns NaN stops the run naming the task; nothing is written into the datase
 folders."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

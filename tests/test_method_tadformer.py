@@ -15,7 +15,7 @@ from mtlbench.backbones.swin import SwinBackbone, SwinBlock
 from mtlbench.heads.hrnet import MultiTaskDecoder
 from mtlbench.layers.lowrank import LoRALinear
 from mtlbench.method import apply_trainable, build_method, param_breakdown
-from mtlbench.methods.tadformer import (DynamicTaskFilter, PromptMerge, PromptUpdate, StageGate, StaticTaskFilter,
+from mtlbench.methods.tadformer import (DynamicTaskFilter, PromptMerge, StageGate, StaticTaskFilter,
                                         TADFormerBlock, TADFormerConfig, TaskAdaptiveLinear, TaskPromptConditioning,
                                         TaskPrompts, depthwise_conv)
 from mtlbench.tasks import DATASET_TASKS

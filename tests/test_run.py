@@ -2,8 +2,6 @@
 the untrained model), writes a run record, and the record's numbers are real."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import mtlbench.methods  # noqa: F401

@@ -4,7 +4,6 @@ The synthetic copies must look exactly like the releases on disk (files, types, 
 ranges) and verify cleanly; verification must name the files it finds broken.
 """
 import json
-import os
 import time
 from pathlib import Path
 

@@ -13,12 +13,10 @@ workers, not in the checkpoint), and a restart in the middle of an epoch. So:
 """
 from __future__ import annotations
 
-import math
 import random
 from typing import Any, Iterator, Optional, Sized, Tuple
 
 import numpy as np
-import torch
 from mmengine.dataset import DefaultSampler
 from torch.utils.data import Dataset
 

@@ -15,8 +15,6 @@ B zero, so a fresh adapter leaves the backbone's function unchanged.
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import torch
 from torch import nn
 
