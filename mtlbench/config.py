@@ -138,18 +138,6 @@ def inner_dataset(dataloader_cfg: Any) -> Any:
     return ds
 
 
-def set_tasks(cfg: Config, tasks: Sequence[str]) -> Config:
-    """Restrict a resolved config to ``tasks``."""
-    cfg.model.tasks = list(tasks)
-    cfg.tasks = None
-    return resolve(cfg)
-
-
-def set_img_size(cfg: Config, img_size: Sequence[int]) -> Config:
-    cfg.model.backbone.img_size = tuple(img_size)
-    return resolve(cfg)
-
-
 def as_plain(obj: Any) -> Any:
     """ConfigDict / tuples -> JSON-able plain containers."""
     if isinstance(obj, (dict, ConfigDict)):

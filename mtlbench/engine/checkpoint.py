@@ -71,20 +71,16 @@ def register_safe_loader() -> None:
 def find_resumable_checkpoint(work_dir: str) -> str | None:
     """Newest checkpoint in ``work_dir`` that loads, skipping truncated or corrupt ones.
 
-    Checkpoints are ``epoch_N.pth`` / ``iter_N.pth`` / ``preempt_iter_N.pth``; ordered by the
-    iteration they were saved at (read from their meta).
+    Checkpoints (``epoch_N.pth``, ``preempt.pth``) are tried newest first by modification time,
+    so normally only one file is read.
     """
     if not osp.isdir(work_dir):
         return None
-    candidates = []
-    for name in os.listdir(work_dir):
-        if name.endswith('.pth') and not name.startswith('.'):
-            path = osp.join(work_dir, name)
-            try:
-                meta = safe_torch_load(path)['meta']
-            except Exception:  # noqa: BLE001 - unreadable checkpoints are skipped
-                continue
-            candidates.append((int(meta.get('iter', -1)), osp.getmtime(path), path))
-    if not candidates:
-        return None
-    return max(candidates)[2]
+    paths = [osp.join(work_dir, n) for n in os.listdir(work_dir) if n.endswith('.pth') and not n.startswith('.')]
+    for path in sorted(paths, key=osp.getmtime, reverse=True):
+        try:
+            safe_torch_load(path)['meta']
+        except Exception:  # noqa: BLE001 - unreadable checkpoints are skipped
+            continue
+        return path
+    return None
