@@ -6,13 +6,20 @@ Both models are built with the same configuration and weights (see
 trainable parameters, frozen exactly as each code base freezes them) and inference are timed on
 the same inputs, alternating between the two so that machine noise hits both alike. Prints the
 median times and the mtlbench / reference ratios. Also times plain Swin-T + heads (no adapters)
-and mtlbench's merged inference, for the "merged inference costs what plain Swin-T costs" target.
+and mtlbench's merged inference, for the "merged inference costs what plain Swin-T costs" target:
+once for MTLoRA itself (whose task-specific blocks run 1 + T streams by design, merged or not)
+and once for its shared adapters alone (``task_kinds=()``), which merge completely.
+
+The process keeps freed memory for reuse (``mtlbench.engine.cpu_memory``), as ``mtlbench run``
+does; both models run under that setting, so the ratios compare code, not allocators.
+``--compile`` adds mtlbench's ``torch.compile``d training step (compiled once, before timing).
 
     python benchmarks/compare_reference.py --reference-dir ~/src/MTLoRA --batch-size 2 --img-size 448
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -48,20 +55,24 @@ def main(argv=None) -> int:
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--compile', action='store_true', help="also time mtlbench's torch.compile'd training step")
     args = p.parse_args(argv)
-    from mtlbench.method import merge_adapters
+    from mtlbench.engine.device import device_name, prepare_device
     from mtlbench.losses import build_loss
+    from mtlbench.method import merge_adapters
+    from mtlbench.model import compile_model
 
-    device = torch.device(args.device)
+    device = prepare_device(args.device)
     torch.manual_seed(0)
     ref = build_reference(args.reference_dir, 64, 4, args.img_size, False)
     ours = build_ours(64, 4, args.img_size, False)
     ours.load_state_dict(map_reference_to_ours(ref.state_dict()), strict=False)
     _freeze_reference(ref)
     from mtlbench.model import MultiTaskModel
-    plain = MultiTaskModel('pascal_context', 'decoder_only', dict(arch='tiny', img_size=(args.img_size,) * 2),
-                           tasks=TASKS)  # plain Swin-T + heads, no adapters
-    ref, ours, plain = ref.to(device), ours.to(device), plain.to(device)
+    backbone = dict(arch='tiny', img_size=(args.img_size,) * 2)
+    plain = MultiTaskModel('pascal_context', 'decoder_only', backbone, tasks=TASKS)  # plain Swin-T + heads
+    shared_only = MultiTaskModel('pascal_context', dict(type='mtlora', r=64, task_kinds=()), backbone, tasks=TASKS)
+    ref, ours, plain, shared_only = ref.to(device), ours.to(device), plain.to(device), shared_only.to(device)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     targets = {k: v.to(device) for k, v in _targets(args.batch_size, args.img_size).items()}
     losses = {t: build_loss(t) for t in TASKS}
@@ -86,6 +97,16 @@ def main(argv=None) -> int:
         opt_ours.step()
         opt_ours.zero_grad(set_to_none=True)
 
+    compiled = compile_model(copy.deepcopy(ours)) if args.compile else None  # what --compile does
+    opt_compiled = torch.optim.AdamW([q for q in compiled.parameters() if q.requires_grad], lr=1e-6) \
+        if compiled is not None else None
+
+    def train_compiled():
+        compiled.train()
+        sum(compiled(x, targets, mode='loss').values()).backward()
+        opt_compiled.step()
+        opt_compiled.zero_grad(set_to_none=True)
+
     @torch.no_grad()
     def infer(model):
         model.eval()
@@ -98,29 +119,44 @@ def main(argv=None) -> int:
         sync()
         return time.perf_counter() - t0
 
+    if compiled is not None:
+        print('compiling the mtlbench training step (minutes on a CPU) ...', file=sys.stderr)
+        train_compiled()
     for _ in range(args.warmup):
         train_ref(), train_ours(), infer(ref), infer(ours), infer(plain)
-    t = {k: [] for k in ('train_ref', 'train_ours', 'infer_ref', 'infer_ours', 'infer_plain')}
-    for i in range(args.iters):  # alternate so that noise hits both
-        t['train_ref'].append(timed(train_ref))
-        t['train_ours'].append(timed(train_ours))
-        t['infer_ref'].append(timed(lambda: infer(ref)))
-        t['infer_ours'].append(timed(lambda: infer(ours)))
-        t['infer_plain'].append(timed(lambda: infer(plain)))
+        if compiled is not None:
+            train_compiled()
+    jobs = {'train_ref': train_ref, 'train_ours': train_ours}
+    if compiled is not None:
+        jobs['train_ours_compiled'] = train_compiled
+    jobs.update(infer_ref=lambda: infer(ref), infer_ours=lambda: infer(ours), infer_plain=lambda: infer(plain))
+    t = {k: [] for k in jobs}
+    for i in range(args.iters):  # alternate so that noise hits all alike
+        for k, fn in jobs.items():
+            t[k].append(timed(fn))
         print(f'iteration {i + 1}/{args.iters}', file=sys.stderr)
     merged = merge_adapters(ours)
+    merge_adapters(shared_only)
     for _ in range(args.warmup):
-        infer(ours)
-    t['infer_merged'] = [timed(lambda: infer(ours)) for _ in range(args.iters)]
+        infer(ours), infer(shared_only)
+    t['infer_merged'], t['infer_merged_shared'] = [], []
+    for _ in range(args.iters):
+        t['infer_merged'].append(timed(lambda: infer(ours)))
+        t['infer_merged_shared'].append(timed(lambda: infer(shared_only)))
+        t['infer_plain'].append(timed(lambda: infer(plain)))
     med = {k: statistics.median(v) for k, v in t.items()}
-    print(f'device {device} ({torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"}), '
-          f'batch {args.batch_size}, {args.img_size}x{args.img_size}, median of {args.iters}')
+    print(f'device {device_name(device)}, batch {args.batch_size}, {args.img_size}x{args.img_size}, '
+          f'median of {args.iters} (infer_plain: {len(t["infer_plain"])})')
     for k, v in med.items():
-        print(f'  {k:13s} {v * 1000:9.1f} ms   (min {min(t[k]) * 1000:.1f}, max {max(t[k]) * 1000:.1f})')
+        print(f'  {k:20s} {v * 1000:9.1f} ms   (min {min(t[k]) * 1000:.1f}, max {max(t[k]) * 1000:.1f})')
     print(f'  training step  mtlbench / reference = {med["train_ours"] / med["train_ref"]:.3f}')
+    if compiled is not None:
+        print(f'  training step  mtlbench compiled / reference = {med["train_ours_compiled"] / med["train_ref"]:.3f}')
     print(f'  inference      mtlbench / reference = {med["infer_ours"] / med["infer_ref"]:.3f}')
     print(f'  merged inference ({len(merged)} layers merged) / plain Swin-T + heads = '
           f'{med["infer_merged"] / med["infer_plain"]:.3f}')
+    print(f'  merged inference, shared adapters only / plain Swin-T + heads = '
+          f'{med["infer_merged_shared"] / med["infer_plain"]:.3f}')
     return 0
 
 

@@ -91,6 +91,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlbench.layers.dropout import adapter_dropout
 from mtlbench.method import AdapterLayer, Method, MethodConfig
 from mtlbench.registry import METHODS
 
@@ -361,7 +362,7 @@ class DiTASKLinear(AdapterLayer):
         self.num_cells, self.num_tasks, self.task_num_cells = num_cells, num_tasks, task_num_cells
         self.splits, self.time, self.init = splits, float(time), init
         self.task_outputs, self.task_dropout = task_outputs, task_dropout
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = adapter_dropout(dropout)
         if num_cells:
             self.ditask_theta = nn.Parameter(torch.empty(1, num_cells - 1))
             _init_theta_(self.ditask_theta, init)

@@ -124,6 +124,7 @@ from torch import nn
 
 from mtlbench.backbones.streams import select_task_stream
 from mtlbench.heads.hrnet import HRNetHead, MultiTaskDecoder
+from mtlbench.layers.dropout import adapter_dropout
 from mtlbench.layers.lowrank import LoRALinear
 from mtlbench.method import AdapterLayer, Method, MethodConfig, MethodModule
 from mtlbench.registry import METHODS
@@ -501,7 +502,7 @@ class SineAWBLinear(AdapterLayer):
         self.independent = cfg.independent_base
         self.shared_path = cfg.shared_path
         self.num_prefix = num_prefix
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.dropout = adapter_dropout(cfg.dropout)
         lead = (num_tasks,) if self.independent else ()
         self.awb_A = nn.Parameter(torch.zeros(*lead, self.out_features, r))
         self.awb_W = nn.Parameter(torch.zeros(*lead, r, r, self.k, self.k))

@@ -96,6 +96,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from mtlbench.backbones.swin import SwinBlock, WindowAttention
+from mtlbench.layers.dropout import adapter_dropout
 from mtlbench.layers.lowrank import LoRALinear, lora_init_
 from mtlbench.method import AdapterLayer, Method, MethodConfig, MethodModule
 from mtlbench.registry import METHODS
@@ -418,7 +419,7 @@ class TaskAdaptiveLinear(AdapterLayer):
         self.num_tasks, self.r, self.scale = num_tasks, r, scale
         self.window = tuple(window) if window is not None else None
         self.emit_modulation = emit_modulation
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = adapter_dropout(dropout)
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r))
         lora_init_(self.lora_A, self.lora_B)

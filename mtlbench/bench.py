@@ -9,7 +9,6 @@ image (matmuls and convolutions; elementwise ops are not counted).
 from __future__ import annotations
 
 import contextlib
-import platform
 import resource
 import statistics
 import time
@@ -19,6 +18,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import MMLogger
+
+from mtlbench.engine.device import device_name, prepare_device
+from mtlbench.model import compile_model
 
 __all__ = ['BenchOptions', 'bench', 'bench_loader', 'measure', 'synthetic_batch']
 
@@ -103,12 +105,6 @@ def _flops_per_image(model, size, device) -> Optional[float]:
     return float(counter.get_total_flops())
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    return f'cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
-
-
 def bench(opts: BenchOptions) -> Path:
     """Measure and write a bench record; returns its path."""
     from mtlbench import records
@@ -118,7 +114,7 @@ def bench(opts: BenchOptions) -> Path:
     logger = MMLogger.get_current_instance()
     if opts.device == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError('--device cuda but no CUDA device is available')
-    device = torch.device(opts.device)
+    device = prepare_device(opts.device)
     size = tuple(opts.img_size)
     model = build_model_from_config(opts.method, opts.dataset, config=opts.config, cfg_options={
         'model.backbone.arch': opts.arch, 'model.backbone.img_size': size})
@@ -128,12 +124,13 @@ def bench(opts: BenchOptions) -> Path:
     x, targets = synthetic_batch(model, opts.batch_size, size, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-5)
-    fwd = torch.compile(model) if opts.compile else model
+    if opts.compile:
+        compile_model(model)
 
     def train_step():
         model.train()
         with _autocast(device, opts.amp):
-            losses = fwd(x, targets, mode='loss')
+            losses = model(x, targets, mode="loss")
         loss = sum(losses.values())
         loss.backward()
         optim.step()
@@ -152,13 +149,13 @@ def bench(opts: BenchOptions) -> Path:
     def infer_step():
         model.eval()
         with _autocast(device, opts.amp):
-            fwd(x)
+            model(x)
 
     infer = measure(infer_step, opts.iters, opts.warmup, device, 'inference')
     infer_peak = _peak_memory_mb(device)
     flops = _flops_per_image(model, size, device)
     rec = records.make_bench_record(
-        method=opts.method, variant=model.method.variant(), dataset=opts.dataset, device=_device_name(device),
+        method=opts.method, variant=model.method.variant(), dataset=opts.dataset, device=device_name(device),
         batch_size=opts.batch_size, img_size=list(size), amp=opts.amp if opts.amp != 'off' else False,
         train_img_s=opts.batch_size / train['median'], infer_img_s=opts.batch_size / infer['median'],
         peak_mem_mb=round(max(train_peak, infer_peak), 1), train_peak_mem_mb=round(train_peak, 1),

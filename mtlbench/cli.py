@@ -45,7 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         img_size=args.img_size, tasks=args.tasks, amp=args.amp, launcher=args.launcher, resume=args.resume,
         deterministic=args.deterministic, cfg_options=_parse_cfg_options(args.cfg_options),
         synthetic_samples=args.synthetic_samples, max_samples=args.max_samples,
-        eval_only=args.eval_only, eval_before_train=args.eval_before_train, merged=args.merged)
+        eval_only=args.eval_only, eval_before_train=args.eval_before_train, merged=args.merged,
+        compile=args.compile)
     paths = run(opts)
     for p in paths:
         print(f'run record written: {p}')
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --eval-only: fold mergeable adapters into the frozen weights before scoring')
     r.add_argument('--eval-before-train', action='store_true',
                    help='also score the untrained model (kept in the record as initial_metrics)')
+    r.add_argument('--compile', action='store_true',
+                   help='torch.compile the backbone and decoder (same results; faster on GPU, not on small CPUs)')
     r.add_argument('--local-rank', '--local_rank', type=int, default=0, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_run)
 

@@ -22,7 +22,7 @@ Not in metrics.md; chosen:
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Type
+from typing import Callable, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
@@ -42,8 +42,14 @@ def _check_spatial(pred: torch.Tensor, target: torch.Tensor, name: str) -> None:
                          'head output to the target first)')
 
 
-def _masked_mean(values: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """``values.sum() / max(count, 1)``: 0 with a grad_fn when nothing is valid."""
+def _masked_mean(values: torch.Tensor, count: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``sum(values[valid]) / max(count, 1)``: 0 with a grad_fn when nothing is valid.
+
+    The mask is applied with ``torch.where`` rather than boolean indexing, which would need the
+    number of valid pixels on the host (a sync, and a graph break under ``torch.compile``).
+    """
+    if valid is not None:
+        values = torch.where(valid, values, values.new_zeros(()))
     return values.sum() / count.clamp(min=1).to(values.dtype)
 
 
@@ -115,7 +121,7 @@ class BalancedBCELoss(nn.Module):
         n_valid = valid.sum()
         w = ((1 - y) * valid).sum() / n_valid.clamp(min=1)
         per_pixel = -(w * y * F.logsigmoid(z) + (1 - w) * (1 - y) * F.logsigmoid(-z))
-        return _masked_mean(per_pixel[valid], n_valid)
+        return _masked_mean(per_pixel, n_valid, valid)
 
 
 class NormalsL1Loss(nn.Module):
@@ -148,7 +154,7 @@ class NormalsL1Loss(nn.Module):
                              f'{tuple(pred.shape)} and {tuple(target.shape)}')
         valid = (target != 0).any(dim=1, keepdim=True).expand_as(target)
         diff = (F.normalize(pred, p=2, dim=1, eps=self.eps) - target.to(pred.dtype)).abs()
-        return _masked_mean(diff[valid], valid.sum())
+        return _masked_mean(diff, valid.sum(), valid)
 
 
 class DepthL1Loss(nn.Module):
@@ -167,7 +173,7 @@ class DepthL1Loss(nn.Module):
         _check_spatial(pred, target, 'depth_l1')
         target = target.reshape(pred.shape).to(pred.dtype)
         valid = target > 0
-        return _masked_mean((pred - target).abs()[valid], valid.sum())
+        return _masked_mean((pred - target).abs(), valid.sum(), valid)
 
 
 #: Loss name (``TaskSpec.loss``) -> loss class.

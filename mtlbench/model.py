@@ -16,7 +16,7 @@ from mtlbench.method import Method, apply_trainable, build_method, param_breakdo
 from mtlbench.registry import MODELS
 from mtlbench.tasks import TASKS, check_tasks, num_outputs
 
-__all__ = ['MultiTaskModel', 'NonFiniteLossError']
+__all__ = ['MultiTaskModel', 'NonFiniteLossError', 'compile_model']
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -121,3 +121,15 @@ class MultiTaskModel(BaseModel):
                 sample['gt'] = {t: targets[t][i] for t in self.tasks if t in targets}
             out.append(sample)
         return out
+
+
+def compile_model(model: MultiTaskModel, **compile_kwargs) -> MultiTaskModel:
+    """``torch.compile`` the backbone and the decoder in place (``nn.Module.compile``).
+
+    The losses stay eager: their validity masks and the non-finite-loss check are
+    data-dependent and would split the graph. Parameter names and the state dict are unchanged,
+    so checkpoints of compiled and eager runs are interchangeable.
+    """
+    model.backbone.compile(**compile_kwargs)
+    model.decoder.compile(**compile_kwargs)
+    return model

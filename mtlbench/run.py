@@ -16,7 +16,6 @@ import copy
 import logging
 import os
 import os.path as osp
-import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import MMLogger, print_log
 
 from mtlbench.config import as_plain, find_config, inner_dataset, load_config, resolve
+from mtlbench.engine.device import device_name, prepare_device
+from mtlbench.model import compile_model
 from mtlbench.registry import HOOKS
 
 __all__ = ['RunOptions', 'run', 'prepare_config', 'SYNTHETIC_SCHEDULE', 'MetricsCaptureHook']
@@ -65,6 +66,7 @@ class RunOptions:
     eval_only: Optional[str] = None
     eval_before_train: bool = False
     merged: bool = False
+    compile: bool = False
 
 
 @HOOKS.register_module()
@@ -99,13 +101,6 @@ def _git_sha() -> Optional[str]:
         return (sha + ('-dirty' if dirty else '')) if sha else None
     except Exception:  # noqa: BLE001 - no git: record null
         return None
-
-
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        return f'{n}x {torch.cuda.get_device_name(0)}'
-    return f'cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
 
 
 def _set_schedule(cfg: Config, epochs: int) -> None:
@@ -257,6 +252,7 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
     from mtlbench.engine import MTLRunner, find_resumable_checkpoint
 
     cfg = copy.deepcopy(cfg)
+    prepare_device('cuda' if torch.cuda.is_available() else 'cpu')
     cfg.work_dir = _work_dir(opts, cfg, tag)
     if opts.resume:
         ckpt = find_resumable_checkpoint(cfg.work_dir)
@@ -268,6 +264,8 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
     start = time.time()
     runner = MTLRunner.from_cfg(cfg)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    if opts.compile:
+        compile_model(model)
     method = model.method
     for hook in method.runner_hooks():
         kind = hook.get('type') if isinstance(hook, dict) else type(hook).__name__
@@ -346,7 +344,7 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
         eval_protocol=_eval_protocol(cfg, model.backbone.img_size), synthetic=bool(cfg.synthetic), seed=opts.seed,
         git_sha=_git_sha(), checkpoint=cfg.get('report_checkpoint', 'last'),
         epochs=int(cfg.train_cfg.max_epochs), iters=None, metrics=metrics,
-        params=model.param_breakdown(), wall_time_s=round(wall_time_s, 2), device=_device_name(),
+        params=model.param_breakdown(), wall_time_s=round(wall_time_s, 2), device=device_name(),
         torch_version=torch.__version__, config=as_plain(cfg.to_dict()),
         **{**method.record_extras(model), **(extras or {})})
     os.makedirs(opts.results_dir, exist_ok=True)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlbench.layers.dropout import adapter_dropout
 from mtlbench.method import AdapterLayer
 
 from .pdrs import LowRankUnit
@@ -96,7 +97,7 @@ class FAARLinear(AdapterLayer):
             raise ValueError(f"variant must be 'dora' or 'lora', got {variant!r}")
         self.variant = variant
         self.detach_norm = detach_norm
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = adapter_dropout(dropout)
         self.faar_unit = _make_unit(base_layer, r, scale, 'shared', unit_kw)
         if variant == 'dora':
             self.faar_magnitude = nn.Parameter(base_layer.weight.detach().float().norm(p=2, dim=1).clone())
@@ -176,7 +177,7 @@ class FAARTaskLinear(AdapterLayer):
         self.variant = variant
         self.detach_norm = detach_norm
         self.shared = shared
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = adapter_dropout(dropout)
         self.faar_units = nn.ModuleList([_make_unit(base_layer, r, scale, t, unit_kw) for t in self.tasks])
         norms = base_layer.weight.detach().float().norm(p=2, dim=1)
         if variant == 'dora':

@@ -67,8 +67,8 @@ class StreamDropPath(nn.Module):
             return x
         keep = 1.0 - self.drop_prob
         mask_shape = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
-        mask = x.new_empty(mask_shape).bernoulli_(keep)
-        return x * mask / keep
+        mask = x.new_empty(mask_shape).bernoulli_(keep).div_(keep)
+        return x * mask
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'

@@ -15,12 +15,15 @@ B zero, so a fresh adapter leaves the backbone's function unchanged.
 from __future__ import annotations
 
 import math
+from typing import Optional
+
 import torch
 from torch import nn
 
+from mtlbench.layers.dropout import adapter_dropout
 from mtlbench.method import AdapterLayer
 
-__all__ = ['LoRALinear', 'TaskLoRALinear', 'lora_init_']
+__all__ = ['LoRALinear', 'TaskLoRALinear', 'lora_init_', 'fork_task_streams', 'task_projection']
 
 
 def lora_init_(A: torch.Tensor, B: torch.Tensor) -> None:
@@ -53,7 +56,7 @@ class LoRALinear(AdapterLayer):
             raise ValueError(f'LoRA rank must be positive, got {r}')
         self.r = r
         self.scale = scale
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = adapter_dropout(dropout)
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r))
         lora_init_(self.lora_A, self.lora_B)
@@ -67,7 +70,11 @@ class LoRALinear(AdapterLayer):
         out = self.base_layer(x)
         if self.merged:
             return out
-        return out + self.scale * ((self.dropout(x) @ self.lora_A.t()) @ self.lora_B.t())
+        down = self.dropout(x) @ self.lora_A.t()
+        # base + scale * down B^T in one GEMM that accumulates onto the base output
+        up = torch.addmm(out.reshape(-1, self.out_features), down.reshape(-1, self.r), self.lora_B.t(),
+                         alpha=self.scale)
+        return up.view(out.shape)
 
     def merge(self) -> None:
         if not self.merged:
@@ -109,7 +116,7 @@ class TaskLoRALinear(AdapterLayer):
         self.r, self.task_r = r, task_r
         self.scale, self.task_scale = scale, task_scale
         self.task_includes_shared = task_includes_shared
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = adapter_dropout(dropout)
         if r > 0:
             self.lora_A = nn.Parameter(torch.empty(r, self.in_features))
             self.lora_B = nn.Parameter(torch.empty(self.out_features, r))
@@ -118,40 +125,121 @@ class TaskLoRALinear(AdapterLayer):
         self.lora_task_B = nn.Parameter(torch.empty(num_tasks, self.out_features, task_r))
         lora_init_(self.lora_task_A, self.lora_task_B)
 
-    def shared_update(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * ((x @ self.lora_A.t()) @ self.lora_B.t())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = self.num_tasks
-        if x.shape[0] not in (1, 1 + T):
+        if x.shape[0] == 1:
+            shared_in, task_in = x, None
+        elif x.shape[0] == 1 + T:
+            shared_in, task_in = x.split([1, T])   # split, not slicing: its backward is one cat
+        else:
             raise ValueError(f'expected 1 or {1 + T} streams, got {x.shape[0]}')
-        shared_in = x[:1]
-        base = self.base_layer(shared_in)                       # frozen weight on the shared input
-        dropped = self.dropout(shared_in)
         lead = shared_in.shape[1:-1]
-        if x.shape[0] == 1:   # task inputs = the shared input: one [M, in] @ [in, T * r] product
-            down = dropped.reshape(-1, self.in_features) @ self.lora_task_A.reshape(-1, self.in_features).t()
-            down = down.view(-1, T, self.task_r).transpose(0, 1)
+        base = self.base_layer(shared_in).reshape(-1, self.out_features)  # frozen weight, shared input
+        dropped = self.dropout(shared_in).reshape(-1, self.in_features)
+        if task_in is None:   # task inputs = the shared input: one [M, in] @ [in, T * r] product
+            down = (dropped @ self.lora_task_A.reshape(-1, self.in_features).t()).view(-1, T, self.task_r)
+            down = down.transpose(0, 1)
         else:
-            down = torch.bmm(x[1:].reshape(T, -1, self.in_features), self.lora_task_A.transpose(1, 2))
-        base_flat = base.reshape(1, -1, self.out_features)
-        shared_upd = self.shared_update(dropped) if self.r > 0 else None
-        if shared_upd is not None and self.task_includes_shared:
-            base_flat = base_flat + shared_upd.reshape(1, -1, self.out_features)
-        Bt = self.lora_task_B.transpose(1, 2)
-        if torch.is_grad_enabled():
-            # out[1 + t] = base + task_scale * (x_t A_t^T) B_t^T, one fused batched GEMM for all tasks
-            shared = base if shared_upd is None else base + shared_upd
-            task = torch.baddbmm(base_flat.expand(T, -1, -1), down, Bt, alpha=self.task_scale)
-            return torch.cat([shared, task.view(T, *lead, self.out_features)], dim=0)
-        # inference: every stream is written straight into one buffer (no concatenation copy)
-        out = base.new_empty((1 + T, base_flat.shape[1], self.out_features))
-        torch.baddbmm(base_flat.expand(T, -1, -1), down, Bt, alpha=self.task_scale, out=out[1:])
-        if shared_upd is None:
-            out[0].copy_(base_flat[0])
-        else:
-            torch.add(base_flat[0], shared_upd.reshape(-1, self.out_features), out=out[0])
+            down = task_projection(task_in.reshape(T, -1, self.in_features), self.lora_task_A)
+        shared_down = dropped @ self.lora_A.t() if self.r > 0 else None
+        out = fork_task_streams(base, shared_down, self.lora_B if self.r > 0 else None, self.scale,
+                                down, self.lora_task_B, self.task_scale, self.task_includes_shared)
         return out.view(1 + T, *lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f'tasks={self.num_tasks}, r={self.r}, task_r={self.task_r}, scale={self.scale}'
+
+
+class _ForkTaskStreams(torch.autograd.Function):
+    """Writes the ``1 + T`` MTLoRA output streams into one buffer; hand-written backward.
+
+    Autograd through ``torch.cat([shared, baddbmm(base.expand(T), ...)])`` costs two extra
+    passes over a ``[1 + T, M, out]`` tensor in the forward (the expand copy and the cat) and
+    the gradient of the broadcast base as a separate reduction; here every stream is written
+    once and the base gradient is one sum over the stream axis.
+    """
+
+    @staticmethod
+    def forward(ctx, base, shared_down, shared_B, scale, task_down, task_B, task_scale, task_includes_shared):
+        T, M, out_features = task_down.shape[0], base.shape[0], base.shape[1]
+        out = base.new_empty((1 + T, M, out_features))
+        if shared_down is None:
+            out[0].copy_(base)
+        else:
+            torch.addmm(base, shared_down, shared_B.t(), alpha=scale, out=out[0])
+        task_base = out[0] if task_includes_shared else base
+        torch.baddbmm(task_base.expand(T, M, out_features), task_down, task_B.transpose(1, 2),
+                      alpha=task_scale, out=out[1:])
+        ctx.save_for_backward(shared_down, shared_B, task_down, task_B)
+        ctx.scale, ctx.task_scale, ctx.task_includes_shared = scale, task_scale, task_includes_shared
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        shared_down, shared_B, task_down, task_B = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad = grad.contiguous()
+        grad_tasks = grad[1:]
+        grad_base = grad.sum(0) if need[0] or ctx.task_includes_shared else None
+        grad_shared_out = grad_base if ctx.task_includes_shared else grad[0]
+        g_sd = g_sB = g_td = g_tB = None
+        if shared_down is not None:
+            if need[1]:
+                g_sd = (grad_shared_out @ shared_B).mul_(ctx.scale)
+            if need[2]:
+                g_sB = (grad_shared_out.t() @ shared_down).mul_(ctx.scale)
+        if need[4]:
+            g_td = torch.bmm(grad_tasks, task_B).mul_(ctx.task_scale)
+        if need[5]:
+            # (down^T grad)^T, not grad^T down: the long inner dimension on the contiguous side
+            g_tB = torch.bmm(task_down.transpose(1, 2), grad_tasks).mul_(ctx.task_scale).transpose(1, 2)
+        return grad_base if need[0] else None, g_sd, g_sB, None, g_td, g_tB, None, None
+
+
+def fork_task_streams(base: torch.Tensor, shared_down: Optional[torch.Tensor], shared_B: Optional[torch.Tensor],
+                      scale: float, task_down: torch.Tensor, task_B: torch.Tensor, task_scale: float,
+                      task_includes_shared: bool = False) -> torch.Tensor:
+    """The MTLoRA output streams, ``[1 + T, M, out]``.
+
+    ``out[0] = base + scale * shared_down @ shared_B^T`` (just ``base`` without a shared LoRA);
+    ``out[1 + t] = task_base + task_scale * task_down[t] @ task_B[t]^T`` with ``task_base`` =
+    ``base`` (or ``out[0]`` when ``task_includes_shared``).
+
+    Args:
+        base: frozen output on the shared input, ``[M, out]``.
+        shared_down: ``x A^T`` of the shared LoRA, ``[M, r]``, or ``None``.
+        shared_B: shared ``B``, ``[out, r]``, or ``None``.
+        scale: shared multiplier.
+        task_down: ``x_t A_t^T`` per task, ``[T, M, task_r]``.
+        task_B: per-task ``B``, ``[T, out, task_r]``.
+        task_scale: task multiplier.
+        task_includes_shared: add the shared update to the task streams too.
+    """
+    return _ForkTaskStreams.apply(base, shared_down, shared_B, scale, task_down, task_B, task_scale,
+                                  task_includes_shared)
+
+
+class _TaskProjection(torch.autograd.Function):
+    """``x_t A_t^T`` per task with a backward in GEMM-friendly layouts.
+
+    Autograd's ``bmm`` backward forms ``x^T @ grad`` (``[T, in, M] @ [T, M, r]``), whose long
+    inner dimension sits on the strided side: 8x slower on CPU than the equivalent
+    ``grad^T @ x`` used here, for the same result.
+    """
+
+    @staticmethod
+    def forward(ctx, x, A):
+        ctx.save_for_backward(x, A)
+        return torch.bmm(x, A.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, A = ctx.saved_tensors
+        grad_x = torch.bmm(grad, A) if ctx.needs_input_grad[0] else None
+        grad_A = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_A
+
+
+def task_projection(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``[T, M, in] x [T, r, in] -> [T, M, r]``: each task's input times its own ``A_t^T``."""
+    return _TaskProjection.apply(x, A)
