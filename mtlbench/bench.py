@@ -14,7 +14,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import MMLogger
@@ -40,6 +40,7 @@ class BenchOptions:
     merged: bool = False
     arch: str = 'tiny'
     config: Optional[str] = None
+    cfg_options: Optional[Dict[str, Any]] = None
 
 
 def synthetic_batch(model, batch: int, size: Sequence[int], device: torch.device):
@@ -117,7 +118,7 @@ def bench(opts: BenchOptions) -> Path:
     device = prepare_device(opts.device)
     size = tuple(opts.img_size)
     model = build_model_from_config(opts.method, opts.dataset, config=opts.config, cfg_options={
-        'model.backbone.arch': opts.arch, 'model.backbone.img_size': size})
+        'model.backbone.arch': opts.arch, 'model.backbone.img_size': size, **(opts.cfg_options or {})})
     model.to(device)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)

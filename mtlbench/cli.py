@@ -123,11 +123,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if not args.method:
         raise ValueError('mtlbench bench needs --method (or --loader)')
-    opts = BenchOptions(method=args.method, dataset=args.dataset, device=args.device, batch_size=args.batch_size,
-                        amp=args.amp, compile=args.compile, img_size=tuple(args.img_size), iters=args.iters,
-                        warmup=args.warmup, out_dir=args.out, merged=args.merged, arch=args.arch)
-    record_path = bench(opts)
-    print(f'bench record written: {record_path}')
+    methods = [m.strip() for m in args.method.split(',') if m.strip()]
+    if methods == ['all']:
+        import mtlbench.methods  # noqa: F401
+        from mtlbench.registry import METHODS
+        methods = sorted(METHODS.module_dict)
+    for i, method in enumerate(methods):
+        if len(methods) > 1:
+            print(f'[{i + 1}/{len(methods)}] {method}', flush=True)
+        opts = BenchOptions(method=method, dataset=args.dataset, device=args.device, batch_size=args.batch_size,
+                            amp=args.amp, compile=args.compile, img_size=tuple(args.img_size), iters=args.iters,
+                            warmup=args.warmup, out_dir=args.out, merged=args.merged, arch=args.arch,
+                            cfg_options=_parse_cfg_options(args.cfg_options))
+        record_path = bench(opts)
+        print(f'bench record written: {record_path}')
     return 0
 
 
@@ -245,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser('bench', help='throughput / memory / FLOPs on synthetic tensors, or the data loader')
-    b.add_argument('--method', help='method to bench (not needed with --loader)')
+    b.add_argument('--method', help="method(s) to bench: a name, a comma list, or 'all' (not needed with --loader)")
     b.add_argument('--loader', action='store_true', help='measure the training data pipeline (img/s) instead')
     b.add_argument('--data-root', help='with --loader: dataset root (default: the synthetic dataset)')
     b.add_argument('--num-workers', type=int, default=2, help='with --loader: DataLoader workers')
@@ -260,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--iters', type=int, default=10)
     b.add_argument('--warmup', type=int, default=3)
     b.add_argument('--out', default='results/bench')
+    b.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE',
+                   help='override config keys, e.g. model.backbone.window_size=4 for --arch toy at 128x128')
     b.set_defaults(func=cmd_bench)
 
     rk = sub.add_parser('ranks', help="per-adapter rank table (and plot) of a run record's rank_history")

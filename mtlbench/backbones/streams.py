@@ -62,13 +62,21 @@ class StreamDropPath(nn.Module):
         super().__init__()
         self.drop_prob = float(drop_prob)
 
+    def _mask(self, x: torch.Tensor) -> torch.Tensor:
+        keep = 1.0 - self.drop_prob
+        mask_shape = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
+        return x.new_empty(mask_shape).bernoulli_(keep).div_(keep)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
-        keep = 1.0 - self.drop_prob
-        mask_shape = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
-        mask = x.new_empty(mask_shape).bernoulli_(keep).div_(keep)
-        return x * mask
+        return x * self._mask(x)
+
+    def residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """``x + self(branch)`` in one pass (``addcmul``); ``x`` broadcasts over streams."""
+        if self.drop_prob == 0.0 or not self.training:
+            return x + branch
+        return torch.addcmul(x, branch, self._mask(branch))
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'

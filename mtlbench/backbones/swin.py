@@ -266,8 +266,8 @@ class SwinBlock(nn.Module):
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Args: x ``[S, B, H, W, C]``, prompts ``[S, B, P, C]`` or None. Returns both updated."""
         attended, prompt_out = self.attention(self.norm1(x), None if prompts is None else self.norm1(prompts))
-        x = x + self.drop_path1(attended)
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = self.drop_path1.residual(x, attended)
+        x = self.drop_path2.residual(x, self.mlp(self.norm2(x)))
         if prompts is not None:
             if self.prompt_update is None:
                 raise RuntimeError('prompt tokens were given but no prompt_update rule is set on the block')

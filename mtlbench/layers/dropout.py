@@ -5,43 +5,46 @@ FAAR, Free Sinewich all use p=0.05 on activations of up to ``2 x 112 x 112 x 384
 ``nn.Dropout`` draws one double-precision uniform per element; on CPUs where PyTorch has no
 vectorised Bernoulli (AMD, or any build without MKL's VSL) that single-threaded draw costs
 about as much as the adapter's matrix products. :class:`AdapterDropout` draws the mask from
-64-bit random words instead, three 16-bit lanes per word, which is 2.5x faster on this
-project's 2-core CPU (``python benchmarks/dropout.py`` prints the comparison).
+64-bit random words instead, four 16-bit lanes per word (``python benchmarks/dropout.py``
+prints the comparison on the machine at hand).
 
-The distribution is the same up to rounding ``p`` to a multiple of 2**-16: each element is
-kept independently with probability ``1 - round(p * 65536) / 65536`` and the survivors are
-scaled by the inverse of that probability, so ``E[dropout(x)] == x`` exactly. For p=0.05 the
-drop probability is 0.0500031. On CUDA, where ``nn.Dropout``'s fused kernel is already fast,
-the module calls :func:`torch.nn.functional.dropout`. The masks come from PyTorch's default
-generator, so ``torch.manual_seed`` (and :class:`~mtlbench.engine.hooks.IterSeedHook`) make
-them reproducible.
+The distribution is the same up to rounding ``p`` to a multiple of 2**-15: each element is
+dropped independently with probability ``q = round(p * 32768) / 32768`` (0.0499878 for
+p=0.05) and the survivors are scaled by ``1 / (1 - q)``, so ``E[dropout(x)] == x`` exactly.
+Adapters that feed the dropped input straight into a linear map call :meth:`AdapterDropout.drop`,
+which returns the zeroed input and that scale separately so the scale can ride on the (small)
+low-rank product instead of costing a pass over the input. On CUDA, where ``nn.Dropout``'s
+fused kernel is already fast, and under ``torch.compile`` (whose generated kernels draw their
+own random numbers), the module calls :func:`torch.nn.functional.dropout`. The masks come from
+PyTorch's default generator, so ``torch.manual_seed`` (and
+:class:`~mtlbench.engine.hooks.IterSeedHook`) make them reproducible.
 """
+
 from __future__ import annotations
+
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['AdapterDropout', 'adapter_dropout', 'inverted_dropout_mask']
+__all__ = ['AdapterDropout', 'adapter_dropout', 'drop_mask']
 
-_LANES = 3          # 16-bit lanes used per 64-bit random word (the top lane has only 15 random bits)
-_LEVELS = 1 << 16
+_LEVELS = 1 << 15   # p is rounded to a multiple of 2**-15
 
 
-def inverted_dropout_mask(shape: torch.Size, p: float, device: torch.device,
-                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``0`` with probability ``q = round(p * 2**16) / 2**16``, else ``1 / (1 - q)``; i.i.d. per element."""
+def drop_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """Boolean mask, True (drop) with probability ``round(p * 2**15) / 2**15`` i.i.d. per element."""
     n = 1
     for s in shape:
         n *= s
-    words = torch.empty(((n + _LANES - 1) // _LANES, 4), dtype=torch.int16, device=device)
-    # random_() on int64 fills [0, 2**63): the low 48 bits (three int16 lanes) are uniform.
+    words = torch.empty(((n + 3) // 4, 4), dtype=torch.int16, device=device)
+    # random_() on int64 fills [0, 2**63): lanes 0-2 (bits 0-47) are uniform on [-2**15, 2**15),
+    # lane 3 (bits 48-62) on [0, 2**15); one threshold per lane gives every lane the same rate.
     words.view(torch.int64).random_()
     q = round(p * _LEVELS)
-    threshold = -(1 << 15) + q  # int16 lanes are uniform on [-2**15, 2**15)
-    keep_scale = _LEVELS / (_LEVELS - q)
-    mask = torch.where(words[:, :_LANES] < threshold, 0.0, keep_scale).to(dtype)
-    return mask.view(-1)[:n].view(shape)
+    thresholds = torch.tensor([-(1 << 15) + 2 * q] * 3 + [q], dtype=torch.int16, device=device)
+    return (words < thresholds).view(-1)[:n].view(shape)
 
 
 class AdapterDropout(nn.Module):
@@ -58,18 +61,27 @@ class AdapterDropout(nn.Module):
         self.p = float(p)
         self.drop_prob = round(self.p * _LEVELS) / _LEVELS
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def drop(self, x: torch.Tensor) -> Tuple[torch.Tensor, float]:
+        """``(x with dropped elements zeroed, gain)``; ``gain * result`` is the dropout output.
+
+        ``gain`` is ``1 / (1 - q)`` when elements were dropped here, else 1.0 (eval, p=0, or a
+        path that already scaled).
+        """
         if not self.training or self.drop_prob == 0.0:
-            return x
-        if x.device.type != 'cpu':
-            return F.dropout(x, self.p, True)
-        return x * inverted_dropout_mask(x.shape, self.p, x.device, x.dtype)
+            return x, 1.0
+        if x.device.type != 'cpu' or torch.compiler.is_compiling():
+            return F.dropout(x, self.p, True), 1.0   # fused kernel on GPU; the compiler's own RNG
+        return torch.where(drop_mask(x.shape, self.p, x.device), 0.0, x), 1.0 / (1.0 - self.drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, gain = self.drop(x)
+        return y if gain == 1.0 else y * gain
 
     def extra_repr(self) -> str:
         return f'p={self.p}'
 
 
-def adapter_dropout(p: float) -> nn.Module:
-    """``AdapterDropout(p)``, or ``nn.Identity()`` when ``p == 0`` (no module call cost)."""
-    return AdapterDropout(p) if p > 0 else nn.Identity()
+def adapter_dropout(p: float) -> AdapterDropout:
+    """``AdapterDropout(p)`` (``p == 0`` passes inputs through untouched)."""
+    return AdapterDropout(p)
 

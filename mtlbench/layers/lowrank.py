@@ -70,11 +70,12 @@ class LoRALinear(AdapterLayer):
         out = self.base_layer(x)
         if self.merged:
             return out
-        down = self.dropout(x) @ self.lora_A.t()
-        # base + scale * down B^T in one GEMM that accumulates onto the base output
-        up = torch.addmm(out.reshape(-1, self.out_features), down.reshape(-1, self.r), self.lora_B.t(),
-                         alpha=self.scale)
-        return up.view(out.shape)
+        dropped, gain = self.dropout.drop(x)
+        down = dropped.reshape(-1, self.in_features) @ self.lora_A.t()
+        # scale * down B^T accumulated in place onto the frozen output (the linear's backward
+        # does not need its output); the dropout's 1 / keep rides on alpha
+        out.view(-1, self.out_features).addmm_(down, self.lora_B.t(), alpha=self.scale * gain)
+        return out
 
     def merge(self) -> None:
         if not self.merged:
@@ -135,15 +136,21 @@ class TaskLoRALinear(AdapterLayer):
             raise ValueError(f'expected 1 or {1 + T} streams, got {x.shape[0]}')
         lead = shared_in.shape[1:-1]
         base = self.base_layer(shared_in).reshape(-1, self.out_features)  # frozen weight, shared input
-        dropped = self.dropout(shared_in).reshape(-1, self.in_features)
-        if task_in is None:   # task inputs = the shared input: one [M, in] @ [in, T * r] product
-            down = (dropped @ self.lora_task_A.reshape(-1, self.in_features).t()).view(-1, T, self.task_r)
-            down = down.transpose(0, 1)
+        dropped, gain = self.dropout.drop(shared_in)   # gain (1 / keep) rides on the GEMM alphas
+        dropped = dropped.reshape(-1, self.in_features)
+        task_A = self.lora_task_A.reshape(-1, self.in_features)
+        task_scale = self.task_scale
+        if task_in is None:   # task inputs = the (dropped) shared input: one product for all A's
+            A = torch.cat([self.lora_A, task_A]) if self.r > 0 else task_A
+            down_all = dropped @ A.t()
+            shared_down = down_all[:, :self.r] if self.r > 0 else None
+            down = down_all[:, self.r:].view(-1, T, self.task_r).transpose(0, 1)
+            task_scale = task_scale * gain
         else:
             down = task_projection(task_in.reshape(T, -1, self.in_features), self.lora_task_A)
-        shared_down = dropped @ self.lora_A.t() if self.r > 0 else None
-        out = fork_task_streams(base, shared_down, self.lora_B if self.r > 0 else None, self.scale,
-                                down, self.lora_task_B, self.task_scale, self.task_includes_shared)
+            shared_down = dropped @ self.lora_A.t() if self.r > 0 else None
+        out = fork_task_streams(base, shared_down, self.lora_B if self.r > 0 else None, self.scale * gain,
+                                down, self.lora_task_B, task_scale, self.task_includes_shared)
         return out.view(1 + T, *lead, self.out_features)
 
     def extra_repr(self) -> str:
