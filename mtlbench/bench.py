@@ -101,8 +101,17 @@ def _flops_per_image(model, size, device) -> Optional[float]:
     from torch.utils.flop_counter import FlopCounterMode
     x = torch.randn(1, 3, *size, device=device)
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
+    # Parameters are frozen while counting: a module that returns a view of a trainable
+    # parameter (prompt tokens) would otherwise trip the counter's module tracker under no_grad.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     return float(counter.get_total_flops())
 
 

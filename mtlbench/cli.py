@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -127,10 +128,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if methods == ['all']:
         import mtlbench.methods  # noqa: F401
         from mtlbench.registry import METHODS
-        methods = sorted(METHODS.module_dict)
-    for i, method in enumerate(methods):
-        if len(methods) > 1:
+        # single_task is one model per task, not one model: it has no single bench figure
+        methods = sorted(m for m in METHODS.module_dict if m != 'single_task')
+        print('bench all: single_task skipped (one model per task)', flush=True)
+    if len(methods) > 1:
+        # one process per method: peak memory on CPU is the process's max RSS, which never falls
+        for i, method in enumerate(methods):
             print(f'[{i + 1}/{len(methods)}] {method}', flush=True)
+            subprocess.run([sys.executable, '-m', 'mtlbench.cli'] + _bench_argv(args, method), check=True)
+        return 0
+    for method in methods:
         opts = BenchOptions(method=method, dataset=args.dataset, device=args.device, batch_size=args.batch_size,
                             amp=args.amp, compile=args.compile, img_size=tuple(args.img_size), iters=args.iters,
                             warmup=args.warmup, out_dir=args.out, merged=args.merged, arch=args.arch,
@@ -138,6 +145,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         record_path = bench(opts)
         print(f'bench record written: {record_path}')
     return 0
+
+
+def _bench_argv(args: argparse.Namespace, method: str) -> List[str]:
+    """The ``mtlbench bench`` command line for one method of a multi-method bench."""
+    argv = ['bench', '--method', method, '--dataset', args.dataset, '--device', args.device,
+            '--batch-size', str(args.batch_size), '--amp', args.amp, '--img-size', *map(str, args.img_size),
+            '--arch', args.arch, '--iters', str(args.iters), '--warmup', str(args.warmup), '--out', args.out]
+    argv += ['--compile'] * bool(args.compile) + ['--merged'] * bool(args.merged)
+    if args.cfg_options:
+        argv += ['--cfg-options', *args.cfg_options]
+    return argv
 
 
 def cmd_ranks(args: argparse.Namespace) -> int:

@@ -1,0 +1,22 @@
+"""``mtlbench bench``: one bench record per method, with numbers that come from the measurement."""
+from mtl_testing import read_records, run_cli
+
+from mtlbench.params import build_model_from_config
+
+
+def test_bench_writes_a_record_per_method(tmp_path):
+    out = tmp_path / 'bench'
+    opts = ['--arch', 'toy', '--img-size', '64', '64', '--cfg-options', 'model.backbone.window_size=4',
+            '--iters', '2', '--warmup', '1', '--device', 'cpu', '--out', str(out)]
+    # free_sinewich returns its prompt tokens as a view of a parameter: the FLOP counter must cope
+    assert run_cli(['bench', '--method', 'mtlora,free_sinewich', '--merged'] + opts) == 0
+    recs = {r['method']: r for r in read_records(out)}
+    assert set(recs) == {'mtlora', 'free_sinewich'}
+    for method, rec in recs.items():
+        assert rec['kind'] == 'bench' and rec['img_size'] == [64, 64] and rec['arch'] == 'toy'
+        assert rec['train_img_s'] > 0 and rec['infer_img_s'] > 0 and rec['peak_mem_mb'] > 0
+        assert rec['flops_per_img'] > 1e6 and rec['device'].startswith('cpu')
+        model = build_model_from_config(method, 'pascal_context', cfg_options={
+            'model.backbone.arch': 'toy', 'model.backbone.img_size': (64, 64), 'model.backbone.window_size': 4})
+        assert rec['params'] == model.param_breakdown()
+    assert recs['mtlora']['merged'] is True and recs['mtlora']['merged_modules'] > 0
