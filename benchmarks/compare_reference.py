@@ -39,14 +39,6 @@ def _freeze_reference(model):
         p.requires_grad_(not n.startswith('backbone.') or any(k in n for k in keep))
 
 
-def _targets(batch, size):
-    g = torch.Generator().manual_seed(0)
-    return {'semseg': torch.randint(0, 21, (batch, size, size), generator=g),
-            'human_parts': torch.randint(0, 7, (batch, size, size), generator=g),
-            'sal': torch.randint(0, 2, (batch, size, size), generator=g),
-            'normals': torch.nn.functional.normalize(torch.randn(batch, 3, size, size, generator=g), dim=1)}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--reference-dir', required=True)
@@ -57,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--compile', action='store_true', help="also time mtlbench's torch.compile'd training step")
     args = p.parse_args(argv)
+    from mtlbench.bench import synthetic_batch
     from mtlbench.engine.device import device_name, prepare_device
     from mtlbench.losses import build_loss
     from mtlbench.method import merge_adapters
@@ -73,8 +66,7 @@ def main(argv=None) -> int:
     plain = MultiTaskModel('pascal_context', 'decoder_only', backbone, tasks=TASKS)  # plain Swin-T + heads
     shared_only = MultiTaskModel('pascal_context', dict(type='mtlora', r=64, task_kinds=()), backbone, tasks=TASKS)
     ref, ours, plain, shared_only = ref.to(device), ours.to(device), plain.to(device), shared_only.to(device)
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
-    targets = {k: v.to(device) for k, v in _targets(args.batch_size, args.img_size).items()}
+    x, targets = synthetic_batch(ours, args.batch_size, (args.img_size, args.img_size), device)
     losses = {t: build_loss(t) for t in TASKS}
     weights = {'semseg': 1.0, 'human_parts': 2.0, 'sal': 5.0, 'normals': 10.0}
     opt_ref = torch.optim.AdamW([q for q in ref.parameters() if q.requires_grad], lr=1e-6)

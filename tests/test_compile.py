@@ -8,21 +8,13 @@ stochastic depth are off so that eager and compiled draw no random numbers.
 """
 import copy
 
-import pytest
 import torch
 
 import mtlbench.methods  # noqa: F401
+from mtlbench.bench import synthetic_batch
 from mtlbench.model import MultiTaskModel, compile_model
 
 TASKS = ('semseg', 'human_parts', 'sal', 'normals')
-
-
-def _targets(batch, size):
-    g = torch.Generator().manual_seed(0)
-    return {'semseg': torch.randint(0, 21, (batch, size, size), generator=g),
-            'human_parts': torch.randint(0, 7, (batch, size, size), generator=g),
-            'sal': torch.randint(0, 2, (batch, size, size), generator=g).float(),
-            'normals': torch.nn.functional.normalize(torch.randn(batch, 3, size, size, generator=g), dim=1)}
 
 
 def test_compiled_mtlora_matches_eager():
@@ -38,8 +30,7 @@ def test_compiled_mtlora_matches_eager():
     twin = copy.deepcopy(eager)
     compile_model(twin)   # what --compile does: backbone and decoder compiled in place
     compiled = twin
-    x = torch.randn(2, 3, size, size)
-    targets = _targets(2, size)
+    x, targets = synthetic_batch(eager, 2, (size, size), torch.device('cpu'))
 
     eager.train(), twin.train()
     loss_e = eager(x, targets, mode='loss')

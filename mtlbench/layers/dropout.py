@@ -35,9 +35,7 @@ _LEVELS = 1 << 15   # p is rounded to a multiple of 2**-15
 
 def drop_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """Boolean mask, True (drop) with probability ``round(p * 2**15) / 2**15`` i.i.d. per element."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = torch.Size(shape).numel()
     words = torch.empty(((n + 3) // 4, 4), dtype=torch.int16, device=device)
     # random_() on int64 fills [0, 2**63): lanes 0-2 (bits 0-47) are uniform on [-2**15, 2**15),
     # lane 3 (bits 48-62) on [0, 2**15); one threshold per lane gives every lane the same rate.

@@ -7,7 +7,8 @@ the shared stream gets the shared update, and task ``t``'s stream gets
 ``W x_shared + b + s_t B_t A_t x_t`` -- the frozen weight sees the *shared* input and the task
 output does not include the shared update. When the layer receives only the shared stream
 (``proj`` of a task block) the task inputs are the (dropped-out) shared input, as in the
-reference. The per-task updates run as one batched einsum over the task axis.
+reference. The per-task updates run as batched products over the task axis, and all ``1 + T`` output
+streams are written into one buffer (:func:`fork_task_streams`).
 
 Scales are plain multipliers (4.0 in MTLoRA), not alpha / r. A is Kaiming-uniform (a=sqrt 5),
 B zero, so a fresh adapter leaves the backbone's function unchanged.
