@@ -5,7 +5,9 @@ Both models are built with the same configuration and weights (see
 ``tools/compare_reference.py``); their training step (forward + backward + AdamW step on the
 trainable parameters, frozen exactly as each code base freezes them) and inference are timed on
 the same inputs, alternating between the two so that machine noise hits both alike. Prints the
-median times and the mtlbench / reference ratios. Also times plain Swin-T + heads (no adapters)
+median times and the mtlbench / reference ratios (for the training step also the median of the
+per-iteration ratios, each of two runs adjacent in time, which a machine whose speed drifts
+disturbs less). Also times plain Swin-T + heads (no adapters)
 and mtlbench's merged inference, for the "merged inference costs what plain Swin-T costs" target:
 once for MTLoRA itself (whose task-specific blocks run 1 + T streams by design, merged or not)
 and once for its shared adapters alone (``task_kinds=()``), which merge completely.
@@ -141,7 +143,9 @@ def main(argv=None) -> int:
           f'median of {args.iters} (infer_plain: {len(t["infer_plain"])})')
     for k, v in med.items():
         print(f'  {k:20s} {v * 1000:9.1f} ms   (min {min(t[k]) * 1000:.1f}, max {max(t[k]) * 1000:.1f})')
-    print(f'  training step  mtlbench / reference = {med["train_ours"] / med["train_ref"]:.3f}')
+    paired = statistics.median(o / r for o, r in zip(t['train_ours'], t['train_ref']))
+    print(f'  training step  mtlbench / reference = {med["train_ours"] / med["train_ref"]:.3f} '
+          f'(median of the {args.iters} per-iteration ratios: {paired:.3f})')
     if compiled is not None:
         print(f'  training step  mtlbench compiled / reference = {med["train_ours_compiled"] / med["train_ref"]:.3f}')
     print(f'  inference      mtlbench / reference = {med["infer_ours"] / med["infer_ref"]:.3f}')

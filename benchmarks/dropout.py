@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Time ``nn.Dropout`` against mtlbench's ``AdapterDropout`` on a stage-1 MLP activation.
 
+Both run with freed memory kept for reuse (:mod:`mtlbench.engine.cpu_memory`), as in ``mtlbench
+run``. ``AdapterDropout.drop`` is the form the LoRA layers use (mask applied, the 1 / keep gain
+left to ride on the low-rank product).
+
     python benchmarks/dropout.py [--shape 25088 384] [--device cpu]
 """
 from __future__ import annotations
@@ -22,8 +26,11 @@ def main(argv=None) -> int:
     p.add_argument('--iters', type=int, default=10)
     p.add_argument('--device', default='cpu')
     args = p.parse_args(argv)
-    x = torch.randn(*args.shape, device=args.device)
-    for name, mod in (('nn.Dropout', nn.Dropout(args.p)), ('AdapterDropout', AdapterDropout(args.p))):
+    from mtlbench.engine.device import prepare_device
+    x = torch.randn(*args.shape, device=prepare_device(args.device))
+    ours = AdapterDropout(args.p)
+    for name, mod in (('nn.Dropout', nn.Dropout(args.p)), ('AdapterDropout', ours),
+                      ('.drop (no gain)', ours.drop)):
         mod(x)
         times = []
         for _ in range(args.iters):

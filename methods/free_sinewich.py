@@ -122,7 +122,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from mtlbench.backbones.streams import select_task_stream
+from mtlbench.backbones.streams import select_task_stream, split_streams
 from mtlbench.heads.hrnet import HRNetHead, MultiTaskDecoder
 from mtlbench.layers.dropout import adapter_dropout
 from mtlbench.layers.lowrank import LoRALinear
@@ -667,6 +667,7 @@ class SineSharedDecoder(nn.Module):
     def forward(self, feats: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Args: feats ``[S, B, C_i, H_i, W_i]``. Returns task -> ``[B, out, H, W]`` raw outputs."""
         weights = self.shared_conv.task_weights()
+        feats = split_streams(feats)
         out = {}
         for i, task in enumerate(self.tasks):
             fused = HRNetHead.fuse(self.task_features(feats, i))

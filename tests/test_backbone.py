@@ -43,6 +43,33 @@ def test_equals_timm_swin_tiny(timm_swin):
     assert sum(p.numel() for p in bb.parameters()) == 27_517_818
 
 
+def test_gradients_equal_timm_swin_tiny(timm_swin):
+    """The backward too (window permutation, attention with its trainable bias, shifts)."""
+    bb = SwinBackbone('tiny', (224, 224), drop_path_rate=0.0)
+    bb.load_state_dict(timm_swin.state_dict(), strict=False)
+    x = torch.randn(1, 3, 224, 224)
+    weights = [torch.randn(c, 1, 1) for c in bb.out_channels]
+    grads = []
+    for model, features in ((bb, lambda x: [f[0] for f in bb(x)]), (timm_swin, lambda x: _timm_features(timm_swin, x))):
+        xi = x.clone().requires_grad_()
+        sum((f * w).sum() for f, w in zip(features(xi), weights)).backward()
+        table = dict(model.named_parameters())['layers.0.blocks.1.attn.relative_position_bias_table']
+        grads.append((xi.grad, table.grad))
+        model.zero_grad()
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_window_order_is_roll_then_partition():
+    from mtlbench.backbones.swin import permute_tokens, window_order, window_partition
+    x = torch.randn(2, 8, 12, 3, dtype=torch.double, requires_grad=True)
+    order = window_order((8, 12), (4, 4), (2, 2))
+    expected = window_partition(torch.roll(x, (-2, -2), (1, 2)), (4, 4)).reshape(2, -1, 3)
+    got = permute_tokens(x.reshape(2, 96, 3), order, torch.argsort(order))
+    assert torch.equal(got, expected)
+    assert torch.autograd.gradcheck(lambda t: permute_tokens(t, order, torch.argsort(order)), (x.reshape(2, 96, 3),))
+
+
 def test_sites_metadata():
     bb = SwinBackbone('tiny', (448, 448))
     sites = bb.sites()

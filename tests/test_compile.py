@@ -1,9 +1,10 @@
 """``torch.compile`` (the ``--compile`` option of ``mtlbench bench`` / ``mtlbench run``, i.e.
 :func:`mtlbench.model.compile_model`) gives the outputs, losses and gradients of the eager model.
 
-MTLoRA is the method compiled here: its task blocks go through the hand-written autograd
-Functions (:func:`~mtlbench.layers.lowrank.fork_task_streams`,
-:func:`~mtlbench.layers.lowrank.task_projection`) that the compiler must trace. Dropout and
+MTLoRA is the method compiled here: every adapted linear goes through the hand-written autograd
+Functions (:func:`~mtlbench.layers.lowrank.lora_linear`,
+:func:`~mtlbench.layers.lowrank.task_lora_linear`) and the window permutation
+(:func:`~mtlbench.backbones.swin.permute_tokens`) that the compiler must trace. Dropout and
 stochastic depth are off so that eager and compiled draw no random numbers.
 """
 import copy

@@ -1,5 +1,5 @@
-"""Shared adapter layers: the fused MTLoRA stream fork, the task projection, adapter dropout,
-and the CPU memory setting that ``mtlbench run`` applies."""
+"""Shared adapter layers: the fused LoRA and MTLoRA layer Functions (values, finite-difference
+gradients, autocast), adapter dropout, and the CPU memory setting that ``mtlbench run`` applies."""
 import subprocess
 import sys
 import textwrap
@@ -8,35 +8,87 @@ import pytest
 import torch
 
 from mtlbench.layers.dropout import AdapterDropout, adapter_dropout, drop_mask
-from mtlbench.layers.lowrank import TaskLoRALinear, fork_task_streams, task_projection
+from mtlbench.layers.lowrank import LoRALinear, TaskLoRALinear, lora_linear, task_lora_linear
 
 
-def _fork_inputs(shared: bool, tis: bool, M=7, O=5, r=3, T=2, tr=2):
+def _rnd(g, *shape):
+    return torch.randn(*shape, generator=g, dtype=torch.double, requires_grad=True)
+
+
+def _mask(g, *shape):
+    return torch.rand(*shape, generator=g, dtype=torch.double) < 0.3
+
+
+@pytest.mark.parametrize('dropout', ['none', 'mask', 'lora_in'])
+@pytest.mark.parametrize('bias,r', [(True, 3), (False, 3), (True, 33)])   # r >= 32: the other GEMM layout
+def test_lora_linear_matches_formula_and_gradcheck(dropout, bias, r):
+    """Every gradient, the frozen weight's included, against finite differences."""
     g = torch.Generator().manual_seed(0)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.double, requires_grad=True)
-    return [rnd(M, O), rnd(M, r) if shared else None, rnd(O, r) if shared else None, 1.5,
-            rnd(T, M, tr), rnd(T, O, tr), 2.5, tis]
-
-
-@pytest.mark.parametrize('shared,tis', [(True, False), (True, True), (False, False)])
-def test_fork_task_streams_matches_formula_and_gradcheck(shared, tis):
-    args = _fork_inputs(shared, tis)
-    base, sd, sB, s, td, tB, ts, _ = args
-    shared_out = base + (s * sd @ sB.t() if shared else 0)
-    task_base = shared_out if tis else base
-    expected = torch.cat([shared_out[None], task_base[None] + ts * torch.bmm(td, tB.transpose(1, 2))])
-    torch.testing.assert_close(fork_task_streams(*args), expected, rtol=0, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda *a: fork_task_streams(*a), args)
+    M, I, O = 7, 6, 5
+    x, W, b, A, B = _rnd(g, M, I), _rnd(g, O, I), _rnd(g, O) if bias else None, _rnd(g, r, I), _rnd(g, O, r)
+    mask = _mask(g, M, I) if dropout == 'mask' else None
+    lora_in = _rnd(g, M, I) if dropout == 'lora_in' else None
+    branch = lora_in if lora_in is not None else (x.masked_fill(mask, 0) if mask is not None else x)
+    expected = x @ W.t() + (b if bias else 0) + 1.5 * (branch @ A.t()) @ B.t()
+    torch.testing.assert_close(lora_linear(x, W, b, A, B, 1.5, mask, lora_in), expected, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, W, b, A, B, li: lora_linear(x, W, b, A, B, 1.5, mask, li),
+                                    (x, W, b, A, B, lora_in))
 
 
-def test_task_projection_gradcheck():
+@pytest.mark.parametrize('streams', [1, 3])
+@pytest.mark.parametrize('shared,tis,r', [(True, False, 3), (True, True, 3), (False, False, 3), (True, False, 33)])
+@pytest.mark.parametrize('dropout', ['none', 'mask', 'lora_in'])
+def test_task_lora_linear_matches_formula_and_gradcheck(streams, shared, tis, r, dropout):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 6, 4, generator=g, dtype=torch.double, requires_grad=True)
-    A = torch.randn(3, 2, 4, generator=g, dtype=torch.double, requires_grad=True)
-    torch.testing.assert_close(task_projection(x, A), torch.bmm(x, A.transpose(1, 2)))
-    assert torch.autograd.gradcheck(task_projection, (x, A))
+    T, M, I, O, tr = 2, 7, 6, 5, 2
+    x, W, b = _rnd(g, streams, M, I), _rnd(g, O, I), _rnd(g, O)
+    A, B = (_rnd(g, r, I), _rnd(g, O, r)) if shared else (None, None)
+    tA, tB = _rnd(g, T, tr, I), _rnd(g, T, O, tr)
+    mask = _mask(g, M, I) if dropout == 'mask' else None
+    lora_in = _rnd(g, M, I) if dropout == 'lora_in' else None
+
+    def fn(x, W, b, A, B, tA, tB, li):
+        return task_lora_linear(x, W, b, A, B, 1.5, tA, tB, 2.5, mask, li, tis)
+
+    branch = lora_in if lora_in is not None else (x[0].masked_fill(mask, 0) if mask is not None else x[0])
+    base = x[0] @ W.t() + b
+    shared_out = base + (1.5 * (branch @ A.t()) @ B.t() if shared else 0)
+    task_base = shared_out if tis else base
+    task_in = [branch] * T if streams == 1 else list(x[1:])
+    expected = torch.stack([shared_out] + [task_base + 2.5 * (task_in[t] @ tA[t].t()) @ tB[t].t() for t in range(T)])
+    torch.testing.assert_close(fn(x, W, b, A, B, tA, tB, lora_in), expected, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(fn, (x, W, b, A, B, tA, tB, lora_in))
+
+
+def test_lora_layers_follow_autocast():
+    """Under bf16 autocast the layers compute in bf16 (as nn.Linear does), match fp32 within
+    bf16 rounding, and train."""
+    torch.manual_seed(0)
+    layers = [LoRALinear(torch.nn.Linear(16, 8), r=2, dropout=0.1),
+              TaskLoRALinear(torch.nn.Linear(16, 8), num_tasks=2, r=2, task_r=1, dropout=0.1)]
+    for layer in layers:
+        layer.base_layer.requires_grad_(False)
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if 'lora_' in name and 'B' in name:
+                    p.normal_()
+        for streams in ((1,) if isinstance(layer, LoRALinear) else (1, 3)):
+            x = torch.randn(streams, 4, 16, requires_grad=True)
+            layer.eval()
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                low = layer(x)
+            assert low.dtype == torch.bfloat16
+            torch.testing.assert_close(low.float(), layer(x), rtol=0.05, atol=0.1)
+            layer.train()
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                out = layer(x)
+            out.float().square().sum().backward()
+            assert x.grad.dtype == torch.float32 and x.grad.abs().sum() > 0
+            for name, p in layer.named_parameters():
+                if p.requires_grad:
+                    assert p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0, name
+            x.grad = None
+            layer.zero_grad()
 
 
 @pytest.mark.parametrize('streams', [1, 4])
@@ -80,7 +132,7 @@ def test_adapter_dropout_distribution_and_gradient():
     torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - q)))  # exact inverse-keep scale
     y.sum().backward()
     torch.testing.assert_close(x.grad, y.detach())                    # gradient is the mask
-    # the four 16-bit lanes of each random word (the top one has 15 random bits) drop alike
+    # the four 16-bit lanes of each random word drop alike
     per_lane = (y == 0).reshape(-1)[: n - n % 4].view(-1, 4).double().mean(0)
     assert (per_lane - q).abs().max() < 5 * (q * (1 - q) * 4 / n) ** 0.5
     # drop() hands back the zeroed input and the 1 / keep gain separately

@@ -30,6 +30,23 @@ def test_cross_entropy_hand_value_and_ignore():
     assert build_loss('cross_entropy')(logits2, target2).item() == pytest.approx(math.log(3))
 
 
+def test_cross_entropy_channels_last_equals_nchw():
+    """Channels-last logits (what the heads emit) take a row-wise path: same loss and gradient."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 6, 7)
+    target = torch.randint(0, 5, (2, 6, 7))
+    target[0, :2] = 255
+    results = []
+    for x in (logits.clone(), logits.contiguous(memory_format=torch.channels_last)):
+        x.requires_grad_()
+        loss = build_loss('cross_entropy')(x, target)
+        loss.backward()
+        results.append((loss, x.grad))
+    assert results[1][1].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
 def test_balanced_bce_hand_value():
     # z = 0 everywhere; valid targets 1, 0, 0 -> w = 2/3; the 255 pixel is ignored
     logits = torch.zeros(1, 1, 2, 2, requires_grad=True)

@@ -136,3 +136,34 @@ def test_merged_inference_equals_unmerged(method):
         assert merged, 'expected mergeable shared adapters'
     for t in ref:
         torch.testing.assert_close(out[t], ref[t], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_trains_under_bf16_autocast(method):
+    """``--amp bf16``: every method's forward and backward run under autocast (CPU autocast here,
+    the same dtype rules as on a GPU), the outputs stay close to fp32 and every trainable
+    parameter gets a finite fp32 gradient."""
+    torch.manual_seed(0)
+    model = build_model_from_config(method, 'pascal_context', tasks=_tasks_for(method, 'pascal_context'),
+                                    cfg_options=TOY)
+    with torch.no_grad():
+        for n, p in model.backbone.named_parameters():
+            if p.requires_grad:  # non-zero adapter updates, so that the adapters' casts matter
+                p.add_(0.02 * torch.randn_like(p))
+    x = torch.randn(1, 3, 224, 224)
+    model.eval()
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = model(x)
+    for t in full:
+        assert low[t].dtype == torch.bfloat16, t
+        scale = full[t].abs().max().item()
+        assert (low[t].float() - full[t]).abs().max().item() <= 0.1 * scale + 0.05, t
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses = model.loss(model(x), _targets(model, 1, (224, 224)))
+    sum(losses.values()).backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n

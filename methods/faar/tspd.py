@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.backbones.streams import select_task_stream
+from mtlbench.backbones.streams import select_task_stream, split_streams
 from mtlbench.heads.hrnet import MultiTaskDecoder
 from mtlbench.method import MethodModule
 
@@ -183,6 +183,7 @@ class TSPDDecoder(MultiTaskDecoder):
     def forward(self, feats: Sequence[torch.Tensor]) -> dict:
         """Args: feats ``[S, B, C_i, H_i, W_i]``. Returns task -> ``[B, out, H, W]`` raw outputs."""
         T = len(self.tasks)
+        feats = split_streams(feats)
         if self.position == 'after_downsampler':
             per_task = [self.task_features(feats, i) for i in range(T)]
         else:

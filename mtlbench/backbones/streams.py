@@ -5,17 +5,19 @@ Inside the task-specific last block of each Swin stage the shared representation
 layers carries that axis first, ``[S, B, ...]``, with ``S == 1`` in shared blocks. Keeping it a
 tensor axis (not a dict of tensors) keeps every layer one-tensor-in / one-tensor-out, lets shared
 layers (PatchMerging, LayerNorm, frozen linears) run once on all streams, and turns "one low-rank
-update per task" into one batched einsum.
+update per task" into one batched product.
 
 Adapter layers decide how many streams they emit: a shared adapter maps ``S -> S``; a task
 adapter maps ``S -> 1 + T`` (broadcasting a single shared input stream to every task).
 """
 from __future__ import annotations
 
+from typing import List, Sequence, Tuple, Union
+
 import torch
 from torch import nn
 
-__all__ = ['SHARED', 'task_stream', 'select_task_stream', 'fold', 'unfold', 'StreamDropPath']
+__all__ = ['SHARED', 'task_stream', 'select_task_stream', 'split_streams', 'StreamDropPath']
 
 SHARED = 0
 
@@ -25,27 +27,28 @@ def task_stream(task_index: int) -> int:
     return 1 + task_index
 
 
-def select_task_stream(x: torch.Tensor, task_index: int) -> torch.Tensor:
+def select_task_stream(x: Union[torch.Tensor, Sequence[torch.Tensor]], task_index: int) -> torch.Tensor:
     """Stream of a task, falling back to the shared stream when ``x`` never forked.
 
     Args:
-        x: ``[S, B, ...]`` with ``S == 1`` (no fork) or ``S == 1 + T``.
+        x: ``[S, B, ...]`` with ``S == 1`` (no fork) or ``S == 1 + T``, or its streams as a
+            sequence (:func:`split_streams`).
         task_index: 0-based task index.
 
     Returns:
         ``[B, ...]``.
     """
-    return x[0] if x.shape[0] == 1 else x[task_stream(task_index)]
+    return x[0] if len(x) == 1 else x[task_stream(task_index)]
 
 
-def fold(x: torch.Tensor) -> torch.Tensor:
-    """``[S, B, ...] -> [S * B, ...]`` (streams folded into the batch)."""
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+def split_streams(feats: Sequence[torch.Tensor]) -> List[Tuple[torch.Tensor, ...]]:
+    """Each ``[S, B, ...]`` map as its ``S`` streams (views).
 
-
-def unfold(x: torch.Tensor, num_streams: int) -> torch.Tensor:
-    """Inverse of :func:`fold`."""
-    return x.reshape(num_streams, x.shape[0] // num_streams, *x.shape[1:])
+    A decoder that reads every task's stream should select from these: their backward is one
+    stack per map, where indexing the tensor once per task costs a zero-filled ``[S, B, ...]``
+    gradient per task and the sum of them all.
+    """
+    return [f.unbind(0) for f in feats]
 
 
 class StreamDropPath(nn.Module):

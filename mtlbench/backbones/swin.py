@@ -39,7 +39,7 @@ from mmengine.logging import print_log
 from timm.layers import Mlp, PatchEmbed, to_2tuple, trunc_normal_
 from torch import nn
 
-from mtlbench.backbones.streams import StreamDropPath, fold, unfold
+from mtlbench.backbones.streams import StreamDropPath
 from mtlbench.registry import MODELS
 
 __all__ = ['Site', 'WindowAttention', 'SwinBlock', 'PatchMerging', 'SwinStage', 'SwinBackbone',
@@ -92,6 +92,43 @@ def window_reverse(windows: torch.Tensor, window: Tuple[int, int], H: int, W: in
     C = windows.shape[-1]
     x = windows.view(-1, H // wh, W // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, H, W, C)
+
+
+def window_order(resolution: Tuple[int, int], window: Tuple[int, int], shift: Tuple[int, int]) -> torch.Tensor:
+    """Token indices ``[H * W]`` in (cyclically shifted) window order.
+
+    ``x.flatten(1, 2)[:, window_order(...)]`` equals
+    ``window_partition(torch.roll(x, (-sh, -sw), (1, 2)), window)`` flattened over windows.
+    """
+    H, W = resolution
+    grid = torch.arange(H * W).view(1, H, W, 1)
+    if any(shift):
+        grid = torch.roll(grid, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    return window_partition(grid, window).reshape(-1)
+
+
+class _PermuteTokens(torch.autograd.Function):
+    """``x[:, order]`` along the token axis; its backward is the inverse permutation, one gather
+    (not autograd's zero-fill plus scatter-add)."""
+
+    @staticmethod
+    def forward(ctx, x, order, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
+def permute_tokens(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """``[N, L, C]`` tokens reordered as ``x[:, order]`` (``inverse`` undoes ``order``).
+
+    One copy where ``torch.roll`` + :func:`window_partition` (or :func:`window_reverse` +
+    ``torch.roll``) make three, in the forward and again in the backward.
+    """
+    return _PermuteTokens.apply(x, order, inverse)
 
 
 class WindowAttention(nn.Module):
@@ -156,17 +193,35 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias()
         if P:
             bias = F.pad(bias, (P, 0, P, 0))
-        bias = bias.unsqueeze(0)  # [1, heads, L, L]
-        if mask is not None:
-            num_win = mask.shape[0]
+        if mask is not None:   # [nW, heads, L, L]: relative position plus shift mask per window
             mask = F.pad(mask, (P, 0, P, 0)) if P else mask
-            bias = (bias.unsqueeze(0) + mask.view(1, num_win, 1, L, L)).expand(
-                S * BW // num_win, num_win, self.num_heads, L, L).reshape(S * BW, self.num_heads, L, L)
+            bias = bias.unsqueeze(0) + mask.unsqueeze(1)
         if P and self.keep_prefix_logits:
             self.last_prefix_logits = q[:, :, :P] @ k[:, :, P:].transpose(-2, -1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = self._attend(q, k, v, bias)
         out = out.transpose(1, 2).reshape(S, BW, L, self.dim)
         return self.proj(out)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``softmax(q k^T * scale + bias) v`` with ``bias`` ``[heads, L, L]`` or ``[nW, heads, L, L]``.
+
+        On GPU this is ``F.scaled_dot_product_attention`` (fused kernels). On CPU, where a
+        trainable bias sends SDPA to its unfused math path (which also materialises the bias for
+        every window and adds a NaN-safe softmax), the plain product with a broadcast bias is
+        about 20% faster, and is the reference's own formula.
+        """
+        if q.device.type != 'cpu':
+            if bias.ndim == 4:   # broadcast over the batch: [S * B * nW, heads, L, L]
+                num_win = bias.shape[0]
+                bias = bias.unsqueeze(0).expand(q.shape[0] // num_win, *bias.shape).flatten(0, 1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        heads, L = attn.shape[1], attn.shape[-1]
+        if bias.ndim == 4:
+            attn = (attn.view(-1, bias.shape[0], heads, L, L) + bias.to(attn.dtype)).view(-1, heads, L, L)
+        else:
+            attn = attn + bias.to(attn.dtype)
+        return attn.softmax(-1) @ v
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}'
@@ -210,6 +265,9 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.drop_path2 = StreamDropPath(drop_path)
         self.register_buffer('attn_mask', self._shift_mask(), persistent=False)
+        order = window_order(self.input_resolution, self.window_size, self.shift_size)
+        self.register_buffer('window_order', order, persistent=False)
+        self.register_buffer('window_order_inverse', torch.argsort(order), persistent=False)
         # Set by methods with prefix tokens: (block, prompts [S,B,P,C], attended [S',B,P,C]) -> prompts.
         self.prompt_update: Optional[Callable[['SwinBlock', torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
@@ -240,11 +298,9 @@ class SwinBlock(nn.Module):
             ``([S', B, H, W, C], [S', B, P, C] or None)``; prompt outputs averaged over windows.
         """
         S, B, H, W, C = x.shape
-        shifted = fold(x)
-        if any(self.shift_size):
-            shifted = torch.roll(shifted, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        windows = window_partition(shifted, self.window_size)  # [S*B*nW, N, C]
-        num_win = windows.shape[0] // (S * B)
+        # cyclic shift and window partition as one token permutation: [S, B * nW, N, C]
+        num_win = H * W // (self.window_size[0] * self.window_size[1])
+        windows = permute_tokens(x.reshape(S * B, H * W, C), self.window_order, self.window_order_inverse)
         windows = windows.view(S, B * num_win, -1, C)
         P = 0
         if prompts is not None:
@@ -257,10 +313,8 @@ class SwinBlock(nn.Module):
         if P:
             prompt_out = out[:, :, :P].reshape(S2, B, num_win, P, C).mean(2)
             out = out[:, :, P:]
-        y = window_reverse(fold(out), self.window_size, H, W)
-        if any(self.shift_size):
-            y = torch.roll(y, shifts=self.shift_size, dims=(1, 2))
-        return unfold(y, S2), prompt_out
+        y = permute_tokens(out.reshape(S2 * B, H * W, C), self.window_order_inverse, self.window_order)
+        return y.view(S2, B, H, W, C), prompt_out
 
     def forward(self, x: torch.Tensor, prompts: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

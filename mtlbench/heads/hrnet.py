@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.backbones.streams import select_task_stream
+from mtlbench.backbones.streams import select_task_stream, split_streams
 from mtlbench.registry import MODELS
 
 __all__ = ['ChannelDownsampler', 'HRNetHead', 'MultiTaskDecoder']
@@ -96,6 +96,7 @@ class MultiTaskDecoder(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Args: feats ``[S, B, C_i, H_i, W_i]``. Returns task -> ``[B, out, H, W]`` raw outputs."""
+        feats = split_streams(feats)
         out = {}
         for i, task in enumerate(self.tasks):
             y = self.heads[task](self.task_features(feats, i))

@@ -5,8 +5,9 @@ FAAR, Free Sinewich all use p=0.05 on activations of up to ``2 x 112 x 112 x 384
 ``nn.Dropout`` draws one double-precision uniform per element; on CPUs where PyTorch has no
 vectorised Bernoulli (AMD, or any build without MKL's VSL) that single-threaded draw costs
 about as much as the adapter's matrix products. :class:`AdapterDropout` draws the mask from
-64-bit random words instead, four 16-bit lanes per word (``python benchmarks/dropout.py``
-prints the comparison on the machine at hand).
+64-bit random words instead (NumPy's SFC64 on CPU, seeded from PyTorch's generator), four
+16-bit lanes per word (``python benchmarks/dropout.py`` prints the comparison on the machine
+at hand).
 
 The distribution is the same up to rounding ``p`` to a multiple of 2**-15: each element is
 dropped independently with probability ``q = round(p * 32768) / 32768`` (0.0499878 for
@@ -22,8 +23,9 @@ PyTorch's default generator, so ``torch.manual_seed`` (and
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,16 +35,27 @@ __all__ = ['AdapterDropout', 'adapter_dropout', 'drop_mask']
 _LEVELS = 1 << 15   # p is rounded to a multiple of 2**-15
 
 
+def _random_words(count: int, device: torch.device) -> torch.Tensor:
+    """``count`` uniformly random 64-bit words.
+
+    On CPU they come from NumPy's SFC64 generator, seeded by one draw from PyTorch's default
+    generator (so ``torch.manual_seed`` still fixes every mask): it fills a buffer about twice as
+    fast as PyTorch's Mersenne Twister, which runs on one thread while the GEMMs use them all.
+    """
+    if device.type != 'cpu':
+        return torch.empty(count, dtype=torch.int64, device=device).random_(-(1 << 63), None)
+    seed = int(torch.randint(0, 1 << 62, ()).item())
+    return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
+
+
 def drop_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """Boolean mask, True (drop) with probability ``round(p * 2**15) / 2**15`` i.i.d. per element."""
     n = torch.Size(shape).numel()
-    words = torch.empty(((n + 3) // 4, 4), dtype=torch.int16, device=device)
-    # random_() on int64 fills [0, 2**63): lanes 0-2 (bits 0-47) are uniform on [-2**15, 2**15),
-    # lane 3 (bits 48-62) on [0, 2**15); one threshold per lane gives every lane the same rate.
-    words.view(torch.int64).random_()
+    # each 16-bit lane of a uniform 64-bit word is uniform on [-2**15, 2**15), so one scalar
+    # threshold serves every lane
+    lanes = _random_words((n + 3) // 4, torch.device(device)).view(torch.int16)[:n]
     q = round(p * _LEVELS)
-    thresholds = torch.tensor([-(1 << 15) + 2 * q] * 3 + [q], dtype=torch.int16, device=device)
-    return (words < thresholds).view(-1)[:n].view(shape)
+    return (lanes < -(1 << 15) + 2 * q).view(shape)
 
 
 class AdapterDropout(nn.Module):
@@ -70,6 +83,19 @@ class AdapterDropout(nn.Module):
         if x.device.type != 'cpu' or torch.compiler.is_compiling():
             return F.dropout(x, self.p, True), 1.0   # fused kernel on GPU; the compiler's own RNG
         return torch.where(drop_mask(x.shape, self.p, x.device), 0.0, x), 1.0 / (1.0 - self.drop_prob)
+
+    def parts(self, x: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], float]:
+        """``(mask, dropped, gain)`` for layers that apply the dropout inside their own kernel.
+
+        On CPU: the boolean drop mask, ``None`` and ``1 / (1 - q)`` (zero the masked elements,
+        multiply by the gain). On GPU / under compile: ``None``, ``F.dropout(x)`` and 1.0.
+        Without dropout (eval, p=0): ``None, None, 1.0``.
+        """
+        if not self.training or self.drop_prob == 0.0:
+            return None, None, 1.0
+        if x.device.type != 'cpu' or torch.compiler.is_compiling():
+            return None, F.dropout(x, self.p, True), 1.0
+        return drop_mask(x.shape, self.p, x.device), None, 1.0 / (1.0 - self.drop_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, gain = self.drop(x)

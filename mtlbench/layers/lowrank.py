@@ -7,8 +7,15 @@ the shared stream gets the shared update, and task ``t``'s stream gets
 ``W x_shared + b + s_t B_t A_t x_t`` -- the frozen weight sees the *shared* input and the task
 output does not include the shared update. When the layer receives only the shared stream
 (``proj`` of a task block) the task inputs are the (dropped-out) shared input, as in the
-reference. The per-task updates run as batched products over the task axis, and all ``1 + T`` output
-streams are written into one buffer (:func:`fork_task_streams`).
+reference.
+
+Both layers run as one autograd Function each (:func:`lora_linear`, :func:`task_lora_linear`):
+frozen product, adapter-input dropout mask, low-rank products and all ``1 + T`` output streams
+in the forward, and a backward that writes the input gradient once (frozen and low-rank parts
+in one buffer, the dropout mask applied in place) instead of the separate where / add / cat /
+copy passes that autograd strings together for the same formula. The per-task products are
+batched over the task axis. Under autocast the layer computes in the autocast dtype, as
+``nn.Linear`` would.
 
 Scales are plain multipliers (4.0 in MTLoRA), not alpha / r. A is Kaiming-uniform (a=sqrt 5),
 B zero, so a fresh adapter leaves the backbone's function unchanged.
@@ -16,7 +23,7 @@ B zero, so a fresh adapter leaves the backbone's function unchanged.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,7 +31,7 @@ from torch import nn
 from mtlbench.layers.dropout import adapter_dropout
 from mtlbench.method import AdapterLayer
 
-__all__ = ['LoRALinear', 'TaskLoRALinear', 'lora_init_', 'fork_task_streams', 'task_projection']
+__all__ = ['LoRALinear', 'TaskLoRALinear', 'lora_init_', 'lora_linear', 'task_lora_linear']
 
 
 def lora_init_(A: torch.Tensor, B: torch.Tensor) -> None:
@@ -39,6 +46,18 @@ def lora_init_(A: torch.Tensor, B: torch.Tensor) -> None:
         else:
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))
         B.zero_()
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+def _cast(dtype: Optional[torch.dtype], tensors: Sequence[Optional[torch.Tensor]]) -> Tuple:
+    """What autocast does to ``nn.Linear``'s inputs, done before entering a Function (whose
+    in-place and ``out=`` products autocast does not reach)."""
+    if dtype is None:
+        return tuple(tensors)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
 class LoRALinear(AdapterLayer):
@@ -68,15 +87,18 @@ class LoRALinear(AdapterLayer):
         return self.scale * (self.lora_B @ self.lora_A)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
         if self.merged:
-            return out
-        dropped, gain = self.dropout.drop(x)
-        down = dropped.reshape(-1, self.in_features) @ self.lora_A.t()
-        # scale * down B^T accumulated in place onto the frozen output (the linear's backward
-        # does not need its output); the dropout's 1 / keep rides on alpha
-        out.view(-1, self.out_features).addmm_(down, self.lora_B.t(), alpha=self.scale * gain)
-        return out
+            return self.base_layer(x)
+        lead = x.shape[:-1]
+        mask, lora_in, gain = self.dropout.parts(x)
+        flat = x.reshape(-1, self.in_features)
+        if mask is not None:
+            mask = mask.view(-1, self.in_features)
+        if lora_in is not None:
+            lora_in = lora_in.reshape(-1, self.in_features)
+        out = lora_linear(flat, self.base_layer.weight, self.base_layer.bias, self.lora_A, self.lora_B,
+                          self.scale * gain, mask=mask, lora_in=lora_in)
+        return out.view(*lead, self.out_features)
 
     def merge(self) -> None:
         if not self.merged:
@@ -128,126 +150,220 @@ class TaskLoRALinear(AdapterLayer):
         lora_init_(self.lora_task_A, self.lora_task_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = self.num_tasks
-        if x.shape[0] == 1:
-            shared_in, task_in = x, None
-        elif x.shape[0] == 1 + T:
-            shared_in, task_in = x.split([1, T])   # split, not slicing: its backward is one cat
-        else:
-            raise ValueError(f'expected 1 or {1 + T} streams, got {x.shape[0]}')
-        lead = shared_in.shape[1:-1]
-        base = self.base_layer(shared_in).reshape(-1, self.out_features)  # frozen weight, shared input
-        dropped, gain = self.dropout.drop(shared_in)   # gain (1 / keep) rides on the GEMM alphas
-        dropped = dropped.reshape(-1, self.in_features)
-        task_A = self.lora_task_A.reshape(-1, self.in_features)
-        task_scale = self.task_scale
-        if task_in is None:   # task inputs = the (dropped) shared input: one product for all A's
-            A = torch.cat([self.lora_A, task_A]) if self.r > 0 else task_A
-            down_all = dropped @ A.t()
-            shared_down = down_all[:, :self.r] if self.r > 0 else None
-            down = down_all[:, self.r:].view(-1, T, self.task_r).transpose(0, 1)
-            task_scale = task_scale * gain
-        else:
-            down = task_projection(task_in.reshape(T, -1, self.in_features), self.lora_task_A)
-            shared_down = dropped @ self.lora_A.t() if self.r > 0 else None
-        out = fork_task_streams(base, shared_down, self.lora_B if self.r > 0 else None, self.scale * gain,
-                                down, self.lora_task_B, task_scale, self.task_includes_shared)
+        T, S = self.num_tasks, x.shape[0]
+        if S not in (1, 1 + T):
+            raise ValueError(f'expected 1 or {1 + T} streams, got {S}')
+        lead = x.shape[1:-1]
+        # the dropout only feeds the shared update (and, with one stream in, the task updates)
+        mask, lora_in, gain = self.dropout.parts(x[0]) if self.r > 0 or S == 1 else (None, None, 1.0)
+        streams = x.reshape(S, -1, self.in_features)
+        if mask is not None:
+            mask = mask.view(-1, self.in_features)
+        if lora_in is not None:
+            lora_in = lora_in.reshape(-1, self.in_features)
+        shared_A, shared_B = (self.lora_A, self.lora_B) if self.r > 0 else (None, None)
+        # task inputs are the dropped shared input when only the shared stream came in
+        task_scale = self.task_scale * gain if S == 1 else self.task_scale
+        out = task_lora_linear(streams, self.base_layer.weight, self.base_layer.bias, shared_A, shared_B,
+                               self.scale * gain, self.lora_task_A, self.lora_task_B, task_scale,
+                               mask=mask, lora_in=lora_in, task_includes_shared=self.task_includes_shared)
         return out.view(1 + T, *lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f'tasks={self.num_tasks}, r={self.r}, task_r={self.task_r}, scale={self.scale}'
 
 
-class _ForkTaskStreams(torch.autograd.Function):
-    """Writes the ``1 + T`` MTLoRA output streams into one buffer; hand-written backward.
+def _frozen_and_lora_input(x, weight, bias, mask, lora_in, out=None):
+    """Forward pieces shared by both Functions: ``x W^T + b`` (into ``out`` if given) and the
+    low-rank branch's input."""
+    base = torch.addmm(bias, x, weight.t(), out=out) if bias is not None else torch.mm(x, weight.t(), out=out)
+    if lora_in is None:
+        lora_in = torch.where(mask, 0.0, x) if mask is not None else x
+    return base, lora_in
 
-    Autograd through ``torch.cat([shared, baddbmm(base.expand(T), ...)])`` costs two extra
-    passes over a ``[1 + T, M, out]`` tensor in the forward (the expand copy and the cat) and
-    the gradient of the broadcast base as a separate reduction; here every stream is written
-    once and the base gradient is one sum over the stream axis.
-    """
+
+def _weight_grad(g_down: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``g_down^T x`` (``[M, r]``, ``[M, in]`` -> ``[r, in]``) in the faster GEMM layout for ``r``:
+    with a narrow ``r`` the long inner dimension must sit on the contiguous side; from r ~ 32 on
+    the transposed product is faster (measured on x86 CPUs with oneDNN / MKL)."""
+    return (x.t() @ g_down).t() if g_down.shape[1] >= 32 else g_down.t() @ x
+
+
+def _input_grad(lora_grad, mask, grad_base, weight, separate_lora_in: bool):
+    """``grad_base W + mask(lora_grad)`` in one buffer (the lora part returned apart when the
+    branch had its own input)."""
+    if separate_lora_in:
+        return grad_base @ weight, lora_grad
+    if mask is not None:
+        lora_grad.masked_fill_(mask, 0.0)
+    return lora_grad.addmm_(grad_base, weight), None
+
+
+class _LoRALinearFn(torch.autograd.Function):
+    """``x W^T + b + alpha * (m(x) A^T) B^T``; ``m`` zeroes the masked elements (or is
+    replaced by a separately dropped ``lora_in``)."""
 
     @staticmethod
-    def forward(ctx, base, shared_down, shared_B, scale, task_down, task_B, task_scale, task_includes_shared):
-        T, M, out_features = task_down.shape[0], base.shape[0], base.shape[1]
-        out = base.new_empty((1 + T, M, out_features))
-        if shared_down is None:
-            out[0].copy_(base)
-        else:
-            torch.addmm(base, shared_down, shared_B.t(), alpha=scale, out=out[0])
-        task_base = out[0] if task_includes_shared else base
-        torch.baddbmm(task_base.expand(T, M, out_features), task_down, task_B.transpose(1, 2),
-                      alpha=task_scale, out=out[1:])
-        ctx.save_for_backward(shared_down, shared_B, task_down, task_B)
-        ctx.scale, ctx.task_scale, ctx.task_includes_shared = scale, task_scale, task_includes_shared
+    def forward(ctx, x, weight, bias, A, B, alpha, mask, lora_in):
+        out, dropped = _frozen_and_lora_input(x, weight, bias, mask, lora_in)
+        down = dropped @ A.t()
+        out.addmm_(down, B.t(), alpha=alpha)
+        need = ctx.needs_input_grad
+        ctx.save_for_backward(x if need[1] else None, weight, A, B, dropped if need[3] else None, down, mask)
+        ctx.alpha, ctx.separate = alpha, lora_in is not None
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        shared_down, shared_B, task_down, task_B = ctx.saved_tensors
+        x, weight, A, B, dropped, down, mask = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grad = grad.contiguous()
-        grad_tasks = grad[1:]
-        grad_base = grad.sum(0) if need[0] or ctx.task_includes_shared else None
-        grad_shared_out = grad_base if ctx.task_includes_shared else grad[0]
-        g_sd = g_sB = g_td = g_tB = None
-        if shared_down is not None:
-            if need[1]:
-                g_sd = (grad_shared_out @ shared_B).mul_(ctx.scale)
-            if need[2]:
-                g_sB = (grad_shared_out.t() @ shared_down).mul_(ctx.scale)
-        if need[4]:
-            g_td = torch.bmm(grad_tasks, task_B).mul_(ctx.task_scale)
-        if need[5]:
-            # (down^T grad)^T, not grad^T down: the long inner dimension on the contiguous side
-            g_tB = torch.bmm(task_down.transpose(1, 2), grad_tasks).mul_(ctx.task_scale).transpose(1, 2)
-        return grad_base if need[0] else None, g_sd, g_sB, None, g_td, g_tB, None, None
+        with torch.autocast(grad.device.type, enabled=False):
+            grad = grad.contiguous()
+            g_down = (grad @ B).mul_(ctx.alpha)
+            g_A = _weight_grad(g_down, dropped) if need[3] else None
+            g_B = (down.t() @ grad).mul_(ctx.alpha).t() if need[4] else None
+            g_W = grad.t() @ x if need[1] else None
+            g_b = grad.sum(0) if need[2] else None
+            g_x = g_in = None
+            if need[0] or need[7]:
+                g_x, g_in = _input_grad(g_down @ A, mask, grad, weight, ctx.separate)
+        return g_x, g_W, g_b, g_A, g_B, None, None, g_in
 
 
-def fork_task_streams(base: torch.Tensor, shared_down: Optional[torch.Tensor], shared_B: Optional[torch.Tensor],
-                      scale: float, task_down: torch.Tensor, task_B: torch.Tensor, task_scale: float,
-                      task_includes_shared: bool = False) -> torch.Tensor:
-    """The MTLoRA output streams, ``[1 + T, M, out]``.
-
-    ``out[0] = base + scale * shared_down @ shared_B^T`` (just ``base`` without a shared LoRA);
-    ``out[1 + t] = task_base + task_scale * task_down[t] @ task_B[t]^T`` with ``task_base`` =
-    ``base`` (or ``out[0]`` when ``task_includes_shared``).
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], A: torch.Tensor,
+                B: torch.Tensor, alpha: float, mask: Optional[torch.Tensor] = None,
+                lora_in: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x W^T + b + alpha * (x' A^T) B^T`` on ``[M, in]`` rows, ``x'`` the branch input.
 
     Args:
-        base: frozen output on the shared input, ``[M, out]``.
-        shared_down: ``x A^T`` of the shared LoRA, ``[M, r]``, or ``None``.
-        shared_B: shared ``B``, ``[out, r]``, or ``None``.
-        scale: shared multiplier.
-        task_down: ``x_t A_t^T`` per task, ``[T, M, task_r]``.
-        task_B: per-task ``B``, ``[T, out, task_r]``.
-        task_scale: task multiplier.
-        task_includes_shared: add the shared update to the task streams too.
+        x: ``[M, in]``.
+        weight, bias: the frozen linear (their gradients are computed if they require them).
+        A, B: ``[r, in]``, ``[out, r]``.
+        alpha: multiplier of the update (scale times the dropout gain).
+        mask: boolean ``[M, in]``; ``x'`` is ``x`` with the True elements zeroed.
+        lora_in: ``x'`` given outright (a dropout applied outside); overrides ``mask``.
     """
-    return _ForkTaskStreams.apply(base, shared_down, shared_B, scale, task_down, task_B, task_scale,
-                                  task_includes_shared)
+    dtype = _autocast_dtype(x.device.type)
+    x, weight, bias, A, B, lora_in = _cast(dtype, (x, weight, bias, A, B, lora_in))
+    with torch.autocast(x.device.type, enabled=False):
+        return _LoRALinearFn.apply(x, weight, bias, A, B, alpha, mask, lora_in)
 
 
-class _TaskProjection(torch.autograd.Function):
-    """``x_t A_t^T`` per task with a backward in GEMM-friendly layouts.
-
-    Autograd's ``bmm`` backward forms ``x^T @ grad`` (``[T, in, M] @ [T, M, r]``), whose long
-    inner dimension sits on the strided side: 8x slower on CPU than the equivalent
-    ``grad^T @ x`` used here, for the same result.
-    """
+class _TaskLoRALinearFn(torch.autograd.Function):
+    """The MTLoRA layer on ``[S, M, in]`` streams (see :func:`task_lora_linear`)."""
 
     @staticmethod
-    def forward(ctx, x, A):
-        ctx.save_for_backward(x, A)
-        return torch.bmm(x, A.transpose(1, 2))
+    def forward(ctx, x, weight, bias, A, B, alpha, task_A, task_B, task_alpha, mask, lora_in, task_includes_shared):
+        T, r, in_features = task_A.shape
+        S, M = x.shape[:2]
+        out = x.new_empty((1 + T, M, weight.shape[0]))
+        base, dropped = _frozen_and_lora_input(x[0], weight, bias, mask, lora_in, out=out[0])  # base in out[0]
+        out_features = weight.shape[0]
+        shared = A is not None
+        if S == 1:   # every task's input is the dropped shared input: one product for all A's
+            all_A = torch.cat([A, task_A.reshape(-1, in_features)]) if shared else task_A.reshape(-1, in_features)
+            down_all = dropped @ all_A.t()
+            down = down_all[:, A.shape[0]:] if shared else down_all
+            shared_down = down_all[:, :A.shape[0]] if shared else None
+            task_down = down.view(M, T, r).transpose(0, 1)
+        else:
+            task_down = torch.bmm(x[1:], task_A.transpose(1, 2))
+            shared_down = dropped @ A.t() if shared else None
+        # the shared update lands in out[0] before the task streams copy it, or after
+        if shared and task_includes_shared:
+            out[0].addmm_(shared_down, B.t(), alpha=alpha)
+        torch.baddbmm(out[0].expand(T, M, out_features), task_down, task_B.transpose(1, 2),
+                      alpha=task_alpha, out=out[1:])
+        if shared and not task_includes_shared:
+            out[0].addmm_(shared_down, B.t(), alpha=alpha)
+        need = ctx.needs_input_grad
+        ctx.save_for_backward(x if need[1] or need[6] else None, weight, A, B, task_A, task_B,
+                              dropped if need[3] or (S == 1 and need[6]) else None,
+                              shared_down, task_down, mask)
+        ctx.alpha, ctx.task_alpha, ctx.task_includes_shared = alpha, task_alpha, task_includes_shared
+        ctx.separate, ctx.single = lora_in is not None, S == 1
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, A = ctx.saved_tensors
-        grad_x = torch.bmm(grad, A) if ctx.needs_input_grad[0] else None
-        grad_A = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_A
+        x, weight, A, B, task_A, task_B, dropped, shared_down, task_down, mask = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        T, r, in_features = task_A.shape
+        with torch.autocast(grad.device.type, enabled=False):
+            grad = grad.contiguous()
+            grad_tasks = grad[1:]
+            grad_base = grad.sum(0)   # the frozen output feeds every stream
+            grad_shared = grad_base if ctx.task_includes_shared else grad[0]
+            g_sd = g_A = g_B = None
+            if A is not None:
+                g_sd = (grad_shared @ B).mul_(ctx.alpha)
+                if need[4]:
+                    g_B = (shared_down.t() @ grad_shared).mul_(ctx.alpha).t()
+            g_td = torch.bmm(grad_tasks, task_B).mul_(ctx.task_alpha)   # [T, M, r]
+            g_tB = torch.bmm(task_down.transpose(1, 2), grad_tasks).mul_(ctx.task_alpha).transpose(1, 2) \
+                if need[7] else None
+            g_W = grad_base.t() @ x[0] if need[1] else None
+            g_b = grad_base.sum(0) if need[2] else None
+            g_x = g_in = g_tA = None
+            M = grad_base.shape[0]
+            if ctx.single:
+                g_down = g_td.transpose(0, 1).reshape(M, T * r)
+                all_A = task_A.reshape(-1, in_features)
+                if A is not None:
+                    g_down = torch.cat([g_sd, g_down], dim=1)
+                    all_A = torch.cat([A, all_A])
+                if need[3] or need[6]:
+                    g_all_A = _weight_grad(g_down, dropped)
+                    g_A = g_all_A[:A.shape[0]] if A is not None and need[3] else None
+                    g_tA = g_all_A[-T * r:].view(T, r, in_features) if need[6] else None
+                if need[0] or need[10]:
+                    g0, g_in = _input_grad(g_down @ all_A, mask, grad_base, weight, ctx.separate)
+                    g_x = g0.unsqueeze(0)
+            else:
+                if need[3] and A is not None:
+                    g_A = _weight_grad(g_sd, dropped)
+                if need[6]:
+                    g_tA = torch.bmm(g_td.transpose(1, 2), x[1:])
+                if need[0] or need[10]:
+                    g_x = grad.new_empty((1 + T, M, in_features))
+                    if ctx.separate or A is None:
+                        torch.mm(grad_base, weight, out=g_x[0])
+                        g_in = g_sd @ A if A is not None else None
+                    else:   # mask(g_sd A) + grad_base W, built in place in g_x[0]
+                        torch.mm(g_sd, A, out=g_x[0])
+                        if mask is not None:
+                            g_x[0].masked_fill_(mask, 0.0)
+                        g_x[0].addmm_(grad_base, weight)
+                    torch.bmm(g_td, task_A, out=g_x[1:])
+        return g_x, g_W, g_b, g_A, g_B, None, g_tA, g_tB, None, None, g_in, None
 
 
-def task_projection(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """``[T, M, in] x [T, r, in] -> [T, M, r]``: each task's input times its own ``A_t^T``."""
-    return _TaskProjection.apply(x, A)
+def task_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     A: Optional[torch.Tensor], B: Optional[torch.Tensor], alpha: float,
+                     task_A: torch.Tensor, task_B: torch.Tensor, task_alpha: float,
+                     mask: Optional[torch.Tensor] = None, lora_in: Optional[torch.Tensor] = None,
+                     task_includes_shared: bool = False) -> torch.Tensor:
+    """The ``1 + T`` MTLoRA output streams, ``[1 + T, M, out]``, from ``[S, M, in]`` inputs.
+
+    With ``x'`` the shared input after dropout (``x[0]`` with ``mask`` zeroed, or ``lora_in``):
+
+    * ``out[0] = x[0] W^T + b + alpha * (x' A^T) B^T`` (no update when ``A`` is None);
+    * ``out[1 + t] = x[0] W^T + b + task_alpha * (x_t A_t^T) B_t^T`` (plus the shared update
+      when ``task_includes_shared``), with ``x_t = x[1 + t]`` when ``S = 1 + T`` and ``x'``
+      when ``S = 1``.
+
+    Args:
+        x: ``[S, M, in]``, ``S`` in ``{1, 1 + T}``.
+        weight, bias: the frozen linear (gradients computed if they require them).
+        A, B: shared ``[r, in]``, ``[out, r]``, or None.
+        alpha, task_alpha: multipliers (scales times the dropout gain where it applies).
+        task_A, task_B: ``[T, r_t, in]``, ``[T, out, r_t]``.
+        mask: boolean ``[M, in]`` dropout mask of the shared input.
+        lora_in: the dropped shared input given outright; overrides ``mask``.
+        task_includes_shared: add the shared update to the task streams too.
+    """
+    dtype = _autocast_dtype(x.device.type)
+    x, weight, bias, A, B, task_A, task_B, lora_in = _cast(dtype, (x, weight, bias, A, B, task_A, task_B, lora_in))
+    with torch.autocast(x.device.type, enabled=False):
+        return _TaskLoRALinearFn.apply(x, weight, bias, A, B, alpha, task_A, task_B, task_alpha, mask, lora_in,
+                                       task_includes_shared)
