@@ -5,9 +5,10 @@ Builds the reference model from a user's checkout of scale-lab/MTLoRA (``--refer
 never vendored into mtlbench, never needed by the tests) and mtlbench's model with the same
 configuration, copies the reference's weights into mtlbench's (name mapping below), gives every
 LoRA B a random non-zero value so the adapters matter, and prints the maximum absolute
-difference of the per-task outputs on the same input (eval mode).
+difference of the per-task outputs on the same input (eval mode). ``--grads`` also compares the
+gradients of every parameter both models have, in float64.
 
-    python tools/compare_reference.py --method mtlora --reference-dir ~/src/MTLoRA [--r 64] [--img-size 448]
+    python tools/compare_reference.py --method mtlora --reference-dir ~/src/MTLoRA [--r 64] [--img-size 448] [--grads]
 
 TADFormer and DiTASK are not supported: TADFormer's repository must not be run (see
 ``shared/reference/methods.md``), and DiTASK's release lacks its model file.
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument('--img-size', type=int, default=448)
     p.add_argument('--batch-size', type=int, default=2)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--grads', action='store_true',
+                   help='also compare the gradients of every mapped parameter (float64, eval mode: no dropout, no drop path)')
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -145,7 +148,42 @@ def main(argv=None) -> int:
         worst = max(worst, diff)
         print(f'  {t:12s} max |ref - mtlbench| = {diff:.3e}   (max |ref| = {scale:.3e})')
     print(f'  worst: {worst:.3e}  ({"OK" if worst < 1e-4 else "ABOVE 1e-4"})')
-    return 0 if worst < 1e-4 else 1
+    ok = worst < 1e-4
+    if args.grads:
+        ok = _compare_grads(ref, ours, x) and ok
+    return 0 if ok else 1
+
+
+def _compare_grads(ref, ours, x) -> bool:
+    """Gradients of one fixed random projection of every task output, for every parameter both
+    models have (eval mode, so that neither draws random numbers), in float64 so that what is
+    left is a difference of formulas, not of float32 summation order. Prints the worst relative
+    difference (max |diff| / max |grad|) per parameter kind."""
+    ref, ours, x = ref.double(), ours.double(), x.double()
+    weights = {}
+    for model in (ref, ours):
+        model.zero_grad(set_to_none=True)
+        for prm in model.parameters():
+            prm.requires_grad_(True)
+        out = model(x)
+        if not weights:
+            g = torch.Generator().manual_seed(1)
+            weights = {t: torch.randn(out[t].shape, generator=g, dtype=x.dtype) for t in TASKS}
+        sum((out[t] * weights[t]).sum() for t in TASKS).backward()
+    ref_grads = map_reference_to_ours({n: q.grad for n, q in ref.named_parameters() if q.grad is not None})
+    worst: Dict[str, float] = {}
+    for name, q in ours.named_parameters():
+        if name not in ref_grads or q.grad is None:
+            continue
+        kind = re.sub(r'\.\d+', '', name).split('.')[-1]
+        rel = (q.grad - ref_grads[name]).abs().max().item() / max(ref_grads[name].abs().max().item(), 1e-12)
+        worst[kind] = max(worst.get(kind, 0.0), rel)
+    print(f'  gradients of {len(ref_grads)} parameters, worst relative difference per kind:')
+    for kind, rel in sorted(worst.items()):
+        print(f'    {kind:32s} {rel:.2e}')
+    top = max(worst.values())
+    print(f'  worst: {top:.2e}  ({"OK" if top < 1e-9 else "ABOVE 1e-9"})')
+    return top < 1e-9
 
 
 if __name__ == '__main__':
