@@ -60,6 +60,30 @@ def test_gradients_equal_timm_swin_tiny(timm_swin):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize('prefix', [0, 2])
+def test_sdpa_and_plain_attention_agree(prefix):
+    """The GPU path (SDPA with the bias expanded per window) and the CPU path (plain product,
+    broadcast bias) give the same outputs and gradients, shifted windows and prefix tokens included."""
+    from mtlbench.backbones.swin import SwinBlock
+    torch.manual_seed(0)
+    block = SwinBlock(16, (8, 8), num_heads=2, window_size=4, shift=True).double()
+    with torch.no_grad():
+        block.attn.relative_position_bias_table.normal_()
+    block.prompt_update = lambda blk, prompts, attended: attended
+    x = torch.randn(2, 3, 8, 8, 16, dtype=torch.double)
+    prompts = torch.randn(2, 3, prefix, 16, dtype=torch.double) if prefix else None
+    results = []
+    for use_sdpa in (True, False):
+        block.attn.use_sdpa = use_sdpa
+        block.zero_grad()
+        out, p_out = block(x, prompts)
+        (out.sum() + (p_out.sum() if prefix else 0)).backward()
+        results.append((out, p_out, block.attn.relative_position_bias_table.grad.clone()))
+    for a, b in zip(*results):
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
 def test_window_order_is_roll_then_partition():
     from mtlbench.backbones.swin import permute_tokens, window_order, window_partition
     x = torch.randn(2, 8, 12, 3, dtype=torch.double, requires_grad=True)

@@ -86,14 +86,6 @@ def window_partition(x: torch.Tensor, window: Tuple[int, int]) -> torch.Tensor:
     return x.reshape(-1, wh * ww, C)
 
 
-def window_reverse(windows: torch.Tensor, window: Tuple[int, int], H: int, W: int) -> torch.Tensor:
-    """``[B * nW, wh * ww, C] -> [B, H, W, C]``."""
-    wh, ww = window
-    C = windows.shape[-1]
-    x = windows.view(-1, H // wh, W // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, H, W, C)
-
-
 def window_order(resolution: Tuple[int, int], window: Tuple[int, int], shift: Tuple[int, int]) -> torch.Tensor:
     """Token indices ``[H * W]`` in (cyclically shifted) window order.
 
@@ -125,8 +117,8 @@ class _PermuteTokens(torch.autograd.Function):
 def permute_tokens(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     """``[N, L, C]`` tokens reordered as ``x[:, order]`` (``inverse`` undoes ``order``).
 
-    One copy where ``torch.roll`` + :func:`window_partition` (or :func:`window_reverse` +
-    ``torch.roll``) make three, in the forward and again in the backward.
+    One copy where ``torch.roll`` + :func:`window_partition` (and the reverse partition +
+    ``torch.roll`` on the way back) make three, in the forward and again in the backward.
     """
     return _PermuteTokens.apply(x, order, inverse)
 
@@ -164,6 +156,7 @@ class WindowAttention(nn.Module):
         # When True, the unscaled prefix-to-patch logits q_p . k_n of the last call are kept in
         # ``last_prefix_logits`` ([S * B * nW, heads, P, N]) for methods that condition on them.
         self.keep_prefix_logits = False
+        self.use_sdpa: Optional[bool] = None   # None: SDPA on GPU, the plain product on CPU
         self.last_prefix_logits: Optional[torch.Tensor] = None
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
@@ -208,9 +201,11 @@ class WindowAttention(nn.Module):
         On GPU this is ``F.scaled_dot_product_attention`` (fused kernels). On CPU, where a
         trainable bias sends SDPA to its unfused math path (which also materialises the bias for
         every window and adds a NaN-safe softmax), the plain product with a broadcast bias is
-        about 20% faster, and is the reference's own formula.
+        about 20% faster, and is the reference's own formula. ``use_sdpa`` (None: by device)
+        forces either path.
         """
-        if q.device.type != 'cpu':
+        use_sdpa = q.device.type != 'cpu' if self.use_sdpa is None else self.use_sdpa
+        if use_sdpa:
             if bias.ndim == 4:   # broadcast over the batch: [S * B * nW, heads, L, L]
                 num_win = bias.shape[0]
                 bias = bias.unsqueeze(0).expand(q.shape[0] // num_win, *bias.shape).flatten(0, 1)
