@@ -140,7 +140,7 @@ def bench(opts: BenchOptions) -> Path:
     def train_step():
         model.train()
         with _autocast(device, opts.amp):
-            losses = model(x, targets, mode="loss")
+            losses = model(x, targets, mode='loss')
         loss = sum(losses.values())
         loss.backward()
         optim.step()

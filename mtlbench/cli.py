@@ -122,9 +122,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f'{args.img_size[0]}x{args.img_size[1]}): {res["img_s"]:.1f} img/s over {res["samples"]} samples')
         return 0
 
-    if not args.method:
+    methods = [m.strip() for m in (args.method or '').split(',') if m.strip()]
+    if not methods:
         raise ValueError('mtlbench bench needs --method (or --loader)')
-    methods = [m.strip() for m in args.method.split(',') if m.strip()]
     if methods == ['all']:
         import mtlbench.methods  # noqa: F401
         from mtlbench.registry import METHODS
@@ -137,13 +137,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f'[{i + 1}/{len(methods)}] {method}', flush=True)
             subprocess.run([sys.executable, '-m', 'mtlbench.cli'] + _bench_argv(args, method), check=True)
         return 0
-    for method in methods:
-        opts = BenchOptions(method=method, dataset=args.dataset, device=args.device, batch_size=args.batch_size,
-                            amp=args.amp, compile=args.compile, img_size=tuple(args.img_size), iters=args.iters,
-                            warmup=args.warmup, out_dir=args.out, merged=args.merged, arch=args.arch,
-                            cfg_options=_parse_cfg_options(args.cfg_options))
-        record_path = bench(opts)
-        print(f'bench record written: {record_path}')
+    opts = BenchOptions(method=methods[0], dataset=args.dataset, device=args.device, batch_size=args.batch_size,
+                        amp=args.amp, compile=args.compile, img_size=tuple(args.img_size), iters=args.iters,
+                        warmup=args.warmup, out_dir=args.out, merged=args.merged, arch=args.arch,
+                        cfg_options=_parse_cfg_options(args.cfg_options))
+    print(f'bench record written: {bench(opts)}')
     return 0
 
 

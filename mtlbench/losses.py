@@ -76,7 +76,7 @@ class CrossEntropyLoss(nn.Module):
         """
         _check_spatial(logits, target, 'cross_entropy')
         target = target.long()
-        if logits.dim() == 4 and logits.is_contiguous(memory_format=torch.channels_last):
+        if logits.is_contiguous(memory_format=torch.channels_last):
             # channels-last (what the heads emit): score [B*H*W, C] rows in place instead of
             # copying to NCHW for a softmax over a strided axis (about 2x faster on a CPU)
             logits, target = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1]), target.reshape(-1)

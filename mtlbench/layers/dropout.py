@@ -78,11 +78,10 @@ class AdapterDropout(nn.Module):
         ``gain`` is ``1 / (1 - q)`` when elements were dropped here, else 1.0 (eval, p=0, or a
         path that already scaled).
         """
-        if not self.training or self.drop_prob == 0.0:
-            return x, 1.0
-        if x.device.type != 'cpu' or torch.compiler.is_compiling():
-            return F.dropout(x, self.p, True), 1.0   # fused kernel on GPU; the compiler's own RNG
-        return torch.where(drop_mask(x.shape, self.p, x.device), 0.0, x), 1.0 / (1.0 - self.drop_prob)
+        mask, dropped, gain = self.parts(x)
+        if mask is not None:
+            return torch.where(mask, 0.0, x), gain
+        return (x if dropped is None else dropped), gain
 
     def parts(self, x: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], float]:
         """``(mask, dropped, gain)`` for layers that apply the dropout inside their own kernel.
@@ -94,7 +93,7 @@ class AdapterDropout(nn.Module):
         if not self.training or self.drop_prob == 0.0:
             return None, None, 1.0
         if x.device.type != 'cpu' or torch.compiler.is_compiling():
-            return None, F.dropout(x, self.p, True), 1.0
+            return None, F.dropout(x, self.p, True), 1.0   # fused kernel on GPU; the compiler's own RNG
         return drop_mask(x.shape, self.p, x.device), None, 1.0 / (1.0 - self.drop_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

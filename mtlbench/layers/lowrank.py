@@ -23,7 +23,7 @@ B zero, so a fresh adapter leaves the backbone's function unchanged.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -48,15 +48,12 @@ def lora_init_(A: torch.Tensor, B: torch.Tensor) -> None:
         B.zero_()
 
 
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-
-
-def _cast(dtype: Optional[torch.dtype], tensors: Sequence[Optional[torch.Tensor]]) -> Tuple:
+def _autocast_inputs(device_type: str, *tensors: Optional[torch.Tensor]) -> Tuple:
     """What autocast does to ``nn.Linear``'s inputs, done before entering a Function (whose
     in-place and ``out=`` products autocast does not reach)."""
-    if dtype is None:
-        return tuple(tensors)
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
@@ -90,12 +87,8 @@ class LoRALinear(AdapterLayer):
         if self.merged:
             return self.base_layer(x)
         lead = x.shape[:-1]
-        mask, lora_in, gain = self.dropout.parts(x)
         flat = x.reshape(-1, self.in_features)
-        if mask is not None:
-            mask = mask.view(-1, self.in_features)
-        if lora_in is not None:
-            lora_in = lora_in.reshape(-1, self.in_features)
+        mask, lora_in, gain = self.dropout.parts(flat)
         out = lora_linear(flat, self.base_layer.weight, self.base_layer.bias, self.lora_A, self.lora_B,
                           self.scale * gain, mask=mask, lora_in=lora_in)
         return out.view(*lead, self.out_features)
@@ -154,13 +147,9 @@ class TaskLoRALinear(AdapterLayer):
         if S not in (1, 1 + T):
             raise ValueError(f'expected 1 or {1 + T} streams, got {S}')
         lead = x.shape[1:-1]
-        # the dropout only feeds the shared update (and, with one stream in, the task updates)
-        mask, lora_in, gain = self.dropout.parts(x[0]) if self.r > 0 or S == 1 else (None, None, 1.0)
         streams = x.reshape(S, -1, self.in_features)
-        if mask is not None:
-            mask = mask.view(-1, self.in_features)
-        if lora_in is not None:
-            lora_in = lora_in.reshape(-1, self.in_features)
+        # the dropout only feeds the shared update (and, with one stream in, the task updates)
+        mask, lora_in, gain = self.dropout.parts(streams[0]) if self.r > 0 or S == 1 else (None, None, 1.0)
         shared_A, shared_B = (self.lora_A, self.lora_B) if self.r > 0 else (None, None)
         # task inputs are the dropped shared input when only the shared stream came in
         task_scale = self.task_scale * gain if S == 1 else self.task_scale
@@ -244,8 +233,7 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         mask: boolean ``[M, in]``; ``x'`` is ``x`` with the True elements zeroed.
         lora_in: ``x'`` given outright (a dropout applied outside); overrides ``mask``.
     """
-    dtype = _autocast_dtype(x.device.type)
-    x, weight, bias, A, B, lora_in = _cast(dtype, (x, weight, bias, A, B, lora_in))
+    x, weight, bias, A, B, lora_in = _autocast_inputs(x.device.type, x, weight, bias, A, B, lora_in)
     with torch.autocast(x.device.type, enabled=False):
         return _LoRALinearFn.apply(x, weight, bias, A, B, alpha, mask, lora_in)
 
@@ -256,10 +244,9 @@ class _TaskLoRALinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, alpha, task_A, task_B, task_alpha, mask, lora_in, task_includes_shared):
         T, r, in_features = task_A.shape
-        S, M = x.shape[:2]
-        out = x.new_empty((1 + T, M, weight.shape[0]))
-        base, dropped = _frozen_and_lora_input(x[0], weight, bias, mask, lora_in, out=out[0])  # base in out[0]
-        out_features = weight.shape[0]
+        (S, M), out_features = x.shape[:2], weight.shape[0]
+        out = x.new_empty((1 + T, M, out_features))
+        _, dropped = _frozen_and_lora_input(x[0], weight, bias, mask, lora_in, out=out[0])  # frozen output in out[0]
         shared = A is not None
         if S == 1:   # every task's input is the dropped shared input: one product for all A's
             all_A = torch.cat([A, task_A.reshape(-1, in_features)]) if shared else task_A.reshape(-1, in_features)
@@ -363,8 +350,8 @@ def task_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         lora_in: the dropped shared input given outright; overrides ``mask``.
         task_includes_shared: add the shared update to the task streams too.
     """
-    dtype = _autocast_dtype(x.device.type)
-    x, weight, bias, A, B, task_A, task_B, lora_in = _cast(dtype, (x, weight, bias, A, B, task_A, task_B, lora_in))
+    x, weight, bias, A, B, task_A, task_B, lora_in = _autocast_inputs(
+        x.device.type, x, weight, bias, A, B, task_A, task_B, lora_in)
     with torch.autocast(x.device.type, enabled=False):
         return _TaskLoRALinearFn.apply(x, weight, bias, A, B, alpha, task_A, task_B, task_alpha, mask, lora_in,
                                        task_includes_shared)
