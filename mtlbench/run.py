@@ -68,6 +68,17 @@ class RunOptions:
     merged: bool = False
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        # None means "not given"; any given count must be usable (``--epochs 0`` must not mean 300).
+        for name in ('epochs', 'iters', 'batch_size', 'synthetic_samples', 'max_samples'):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f'--{name.replace("_", "-")} must be at least 1, got {value}')
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f'--num-workers must be 0 or more, got {self.num_workers}')
+        if self.img_size is not None and (len(self.img_size) != 2 or min(self.img_size) < 1):
+            raise ValueError(f'--img-size needs two positive sizes (H W), got {list(self.img_size)}')
+
 
 @HOOKS.register_module()
 class MetricsCaptureHook(Hook):
@@ -123,6 +134,11 @@ def _dataset_root_exists(cfg: Config) -> bool:
     return bool(root) and osp.isdir(root)
 
 
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it was not given (None); unlike ``value or default``, 0 stays 0."""
+    return default if value is None else value
+
+
 def prepare_config(opts: RunOptions) -> Config:
     """Resolve the config for a run: file, overrides, data, schedule, engine pieces."""
     import mtlbench.methods  # noqa: F401
@@ -134,7 +150,7 @@ def prepare_config(opts: RunOptions) -> Config:
         raise ValueError(f'config {path} is for method {cfg.model.method.get("type")!r}, not {opts.method!r}')
     if opts.tasks:
         cfg.model.tasks = list(opts.tasks)
-    if opts.img_size:
+    if opts.img_size is not None:
         cfg.model.backbone.img_size = tuple(opts.img_size)
     synthetic = False
     if opts.data_root:
@@ -147,18 +163,18 @@ def prepare_config(opts: RunOptions) -> Config:
         from mtlbench.datasets import ensure_synthetic_dataset
 
         synthetic = True
-        n = opts.synthetic_samples or SYNTHETIC_SCHEDULE['num_samples']
+        n = _given(opts.synthetic_samples, SYNTHETIC_SCHEDULE['num_samples'])
         data_root = ensure_synthetic_dataset(cfg.dataset_name, n=n)
         print_log('=' * 78 + '\n NO DATASET FOUND: running on a SYNTHETIC dataset generated in\n '
                   f'{data_root}\n with a short CPU schedule. These numbers are NOT comparable to '
                   'any paper;\n pass --data-root to train on PASCAL-Context / NYUDv2.\n' + '=' * 78,
                   logger='current', level=logging.WARNING)
-        if not opts.img_size:
+        if opts.img_size is None:
             cfg.model.backbone.img_size = SYNTHETIC_SCHEDULE['img_size']
         for key in ('train_dataloader', 'val_dataloader'):
-            cfg[key].batch_size = opts.batch_size or SYNTHETIC_SCHEDULE['batch_size']
+            cfg[key].batch_size = _given(opts.batch_size, SYNTHETIC_SCHEDULE['batch_size'])
             cfg[key].num_workers = SYNTHETIC_SCHEDULE['num_workers']
-        _set_schedule(cfg, opts.epochs or SYNTHETIC_SCHEDULE['epochs'])
+        _set_schedule(cfg, _given(opts.epochs, SYNTHETIC_SCHEDULE['epochs']))
         # a tiny batch scaled by 512 would not move the weights in a few iterations
         cfg.auto_scale_lr = dict(enable=False, base_batch_size=512)
         cfg.optim_wrapper.optimizer.lr = SYNTHETIC_SCHEDULE['lr']
@@ -168,9 +184,9 @@ def prepare_config(opts: RunOptions) -> Config:
     for key in ('train_dataloader', 'val_dataloader'):
         dl = cfg[key]
         inner_dataset(dl).data_root = data_root
-        if opts.max_samples:
+        if opts.max_samples is not None:
             inner_dataset(dl).max_samples = opts.max_samples
-        if opts.batch_size:
+        if opts.batch_size is not None:
             dl.batch_size = opts.batch_size
         if opts.num_workers is not None:
             dl.num_workers = opts.num_workers
@@ -182,9 +198,9 @@ def prepare_config(opts: RunOptions) -> Config:
             dl.dataset = dict(type='SeededDataset', dataset=dl.dataset)
         if not torch.cuda.is_available():
             dl.pin_memory = False
-    if opts.epochs and not synthetic:
+    if opts.epochs is not None and not synthetic:
         _set_schedule(cfg, opts.epochs)
-    if opts.iters:
+    if opts.iters is not None:
         raise NotImplementedError('--iters: use --epochs (the reference schedule is epoch based)')
     # model --------------------------------------------------------------
     if opts.pretrained:

@@ -96,3 +96,17 @@ def test_pretrained_weights_survive_training_and_nothing_is_written_into_inputs(
     loaded = torch.load(weights / 'toy.pth', weights_only=True)
     for k, v in loaded.items():  # decoder_only: the whole backbone is frozen at its pretrained values
         torch.testing.assert_close(trained[f'backbone.{k}'], v, rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize('flag, value, expected', [
+    ('--epochs', ['0'], '--epochs must be at least 1, got 0'),  # once trained the default 300 epochs
+    ('--epochs', ['-1'], '--epochs must be at least 1, got -1'),  # once an mmengine message about end=-3
+    ('--batch-size', ['0'], '--batch-size must be at least 1, got 0'),
+    ('--max-samples', ['0'], '--max-samples must be at least 1, got 0'),
+    ('--num-workers', ['-1'], '--num-workers must be 0 or more, got -1'),
+    ('--img-size', ['0', '0'], '--img-size needs two positive sizes (H W), got [0, 0]'),
+])
+def test_counts_that_cannot_run_are_refused_not_ignored(capsys, tmp_path, flag, value, expected):
+    err = _err(capsys, ['run', '--method', 'mtlora', '--work-dir', str(tmp_path / 'w'), flag, *value])
+    assert expected in err and err.count('\n') == 1
+    assert not (tmp_path / 'w').exists()
