@@ -211,7 +211,7 @@ def prepare_config(opts: RunOptions) -> Config:
     # engine -------------------------------------------------------------
     cfg.train_cfg.type = 'ResumableEpochBasedTrainLoop'
     cfg.randomness = dict(seed=opts.seed, deterministic=opts.deterministic)
-    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='IterSeedHook'),
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='IterSeedHook'), dict(type='StateGuardHook'),
                                                               dict(type='MetricsCaptureHook', eval_before_train=opts.eval_before_train)]
     if opts.amp:
         if not torch.cuda.is_available():

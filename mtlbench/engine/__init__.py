@@ -5,7 +5,9 @@ from mtlbench.engine.data import ResumableSampler, SeededDataset, sample_seed
 from mtlbench.engine.hooks import IterSeedHook, MergeAdaptersHook
 from mtlbench.engine.loops import PREEMPT_CHECKPOINT, Preempted, ResumableEpochBasedTrainLoop
 from mtlbench.engine.runner import MTLRunner
+from mtlbench.engine.state_guard import NonFiniteStateError, StateGuardHook
 
 __all__ = ['CheckpointError', 'find_resumable_checkpoint', 'register_safe_loader', 'safe_torch_load',
            'ResumableSampler', 'SeededDataset', 'sample_seed', 'IterSeedHook', 'MergeAdaptersHook', 'PREEMPT_CHECKPOINT',
-           'Preempted', 'ResumableEpochBasedTrainLoop', 'MTLRunner']
+           'Preempted', 'ResumableEpochBasedTrainLoop', 'MTLRunner', 'NonFiniteStateError',
+           'StateGuardHook']
