@@ -16,7 +16,9 @@ import copy
 import logging
 import os
 import os.path as osp
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +237,33 @@ def _work_dir(opts: RunOptions, cfg: Config, tag: str) -> str:
     return str(base)
 
 
+class OutputDirError(ValueError):
+    """A directory the run will write to cannot take its output (checked before training)."""
+
+
+#: Free space a run needs before it starts: records are small, checkpoints are not.
+MIN_FREE_BYTES = {'work dir': 256 * 2**20, 'results dir': 2**20}
+
+
+def check_output_dir(path: str, what: str) -> None:
+    """Create ``path`` if needed and prove it takes a file, so that hours of training cannot end
+    without their checkpoint or record (a results dir that is a file, read-only or full)."""
+    flag = f'--{what.replace(" ", "-")}'
+    if osp.exists(path) and not osp.isdir(path):
+        raise OutputDirError(f'{flag} {path} is a file, not a directory')
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.mtlbench-write-test-', dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise OutputDirError(f'{flag} {path} is not writable ({err.strerror or err})') from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES[what]:
+        raise OutputDirError(f'{flag} {path}: only {free / 2**20:.1f} MiB free; a run needs at least '
+                             f'{MIN_FREE_BYTES[what] / 2**20:.0f} MiB there')
+
+
 def _init_cpu_distributed(launcher: str) -> None:
     """torchrun on CPU: mmengine's 'pytorch' launcher calls cuda.set_device, so start gloo here."""
     import torch.distributed as dist
@@ -275,8 +304,12 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
         if ckpt is None:
             raise FileNotFoundError(f'--resume: no loadable checkpoint in {cfg.work_dir}')
         cfg.resume, cfg.load_from = True, ckpt
+    if is_main_process():
+        check_output_dir(cfg.work_dir, 'work dir')
     if opts.eval_only:
         return _evaluate_only(opts, cfg)
+    if is_main_process():
+        check_output_dir(opts.results_dir, 'results dir')
     start = time.time()
     runner = MTLRunner.from_cfg(cfg)
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
