@@ -43,6 +43,7 @@ VISUALIZERS = Registry('visualizer', parent=_mm.VISUALIZERS, scope='mtlbench')
 VISBACKENDS = Registry('vis_backend', parent=_mm.VISBACKENDS, scope='mtlbench')
 LOG_PROCESSORS = Registry('log_processor', parent=_mm.LOG_PROCESSORS, scope='mtlbench')
 EVALUATOR = Registry('evaluator', parent=_mm.EVALUATOR, scope='mtlbench')
+FUNCTIONS = Registry('function', parent=_mm.FUNCTIONS, scope='mtlbench', locations=['mtlbench.engine'])
 WEIGHT_INITIALIZERS = Registry('weight initializer', parent=_mm.WEIGHT_INITIALIZERS, scope='mtlbench')
 
 # Backbone adaptation methods (MTLoRA, FAAR, baselines ...). Not an mmengine model: a method

@@ -194,6 +194,8 @@ def prepare_config(opts: RunOptions) -> Config:
             dl.num_workers = opts.num_workers
         if dl.num_workers == 0:
             dl.persistent_workers = False
+        # workers survive a SIGTERM sent to the process group, so the main process can save preempt.pth
+        dl.worker_init_fn = dict(type='mtlbench.preemptible_worker_init', num_workers=dl.num_workers, seed=opts.seed)
         # reproducible + resumable order and augmentation (mtlbench.engine.data)
         dl.sampler = dict(dl.sampler, type='ResumableSampler') if key == 'train_dataloader' else dl.sampler
         if key == 'train_dataloader' and dl.dataset.type != 'SeededDataset':
@@ -294,7 +296,7 @@ def run(opts: RunOptions) -> List[Path]:
 
 
 def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
-    from mtlbench.engine import MTLRunner, find_resumable_checkpoint
+    from mtlbench.engine import MTLRunner, find_resumable_checkpoint, stop_data_workers
 
     cfg = copy.deepcopy(cfg)
     prepare_device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -307,24 +309,30 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
     if is_main_process():
         check_output_dir(cfg.work_dir, 'work dir')
     if opts.eval_only:
-        return _evaluate_only(opts, cfg)
+        try:
+            return _evaluate_only(opts, cfg)
+        finally:
+            stop_data_workers()
     if is_main_process():
         check_output_dir(opts.results_dir, 'results dir')
     start = time.time()
-    runner = MTLRunner.from_cfg(cfg)
-    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-    if opts.compile:
-        compile_model(model)
-    method = model.method
-    for hook in method.runner_hooks():
-        kind = hook.get('type') if isinstance(hook, dict) else type(hook).__name__
-        if any(type(h).__name__ == kind for h in runner.hooks):
-            continue  # already in the config's custom_hooks: never run a method's hook twice
-        runner.register_hook(hook)
-    runner.train()
-    metrics = getattr(runner, 'mtl_last_metrics', None)
-    if not metrics:
-        metrics = runner.val_loop.run()
+    try:
+        runner = MTLRunner.from_cfg(cfg)
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        if opts.compile:
+            compile_model(model)
+        method = model.method
+        for hook in method.runner_hooks():
+            kind = hook.get('type') if isinstance(hook, dict) else type(hook).__name__
+            if any(type(h).__name__ == kind for h in runner.hooks):
+                continue  # already in the config's custom_hooks: never run a method's hook twice
+            runner.register_hook(hook)
+        runner.train()
+        metrics = getattr(runner, 'mtl_last_metrics', None)
+        if not metrics:
+            metrics = runner.val_loop.run()
+    finally:
+        stop_data_workers()  # workers ignore SIGTERM: never leave them to the exit-time terminate()
     wall = time.time() - start
     if not is_main_process():
         return []

@@ -75,22 +75,27 @@ def _assert_same_run(a: Path, b: Path) -> None:
             assert rb['metrics'][t][m] == pytest.approx(v, rel=1e-5, abs=1e-6), (t, m)
 
 
-@pytest.mark.parametrize('how', ['SIGKILL', 'SIGTERM'])
-def test_interrupted_run_resumes_to_the_same_result(how, uninterrupted, pascal_root, tmp_path):
+@pytest.mark.parametrize('how, workers', [('SIGKILL', 0), ('SIGTERM', 0), ('SIGTERM to the group', 2)])
+def test_interrupted_run_resumes_to_the_same_result(how, workers, uninterrupted, pascal_root, tmp_path):
     work = tmp_path / 'w'
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen(python_cmd() + _args(pascal_root, work, tmp_path / 'runs'), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = _args(pascal_root, work, tmp_path / 'runs') + ['--num-workers', str(workers)]  # the last flag wins
+    # Slurm and `timeout` signal the whole process group, data-loader workers included
+    proc = subprocess.Popen(python_cmd() + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     _wait_for('Epoch(train) [2][2/', work, proc)  # mid-way through the second epoch
-    proc.send_signal(getattr(signal, how))
+    if how == 'SIGTERM to the group':
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(getattr(signal, how))
     rc = proc.wait(timeout=120)
-    if how == 'SIGTERM':
+    if how.startswith('SIGTERM'):
         assert rc == 143 and (work / 'preempt.pth').is_file()  # stopped after the iteration, checkpoint saved
     else:
         assert rc == -signal.SIGKILL
     assert not list(work.glob('.*.tmp*')), 'a half-written checkpoint was left behind'
     assert not list((tmp_path / 'runs').glob('*.json')) if (tmp_path / 'runs').exists() else True
-    _subprocess_run(_args(pascal_root, work, tmp_path / 'runs') + ['--resume'])
+    _subprocess_run(args + ['--resume'])
     _assert_same_run(uninterrupted, tmp_path)
 
 
