@@ -11,7 +11,8 @@ under the root:
 - ``human_parts/<id>.mat``: PASCAL-Part ``anno`` struct. Only person objects (class 15) with
   parts are drawn, parts grouped into 7 classes (:data:`PART_CLASSES`); pixels of an image with
   person parts that no part covers are background 0. An image without person parts is all 255:
-  it adds nothing to loss or metric.
+  it adds nothing to loss or metric; so is one whose parts the augmentation or the resize removed
+  (``MTIgnoreEmptyParts``, the reference's ``AddIgnoreRegions``).
 - ``sal_distill/<id>.png``: grey saliency ``v / 255``, binarised at > 0.5 to {0, 1}.
 - ``normals_distill/<id>.png``: RGB, normal = ``2 * v / 255 - 1``. Valid only where the Context
   class (``pascal-context/trainval/<id>.mat``, variable ``LabelMap``) is also an NYU class
@@ -141,7 +142,8 @@ class PascalContextMT(MultiTaskDataset):
         """Flip, then rotate in [-20, 20] degrees and scale in [0.75, 1.25] about the centre."""
         return [
             dict(type='MTRandomFlip', prob=0.5),
-            dict(type='MTRandomScaleRotate', rotate_range=(-20.0, 20.0), scale_range=(0.75, 1.25)),
+            dict(type='MTRandomScaleRotate', rotate_range=(-20.0, 20.0), scale_range=(0.75, 1.25),
+                 label_pad=self.label_pad, normals_resample=self.normals_resample),
         ]
 
     # -- per-task readers ------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def load_masked_normals(normals_path: Path, context_path: Path, hw: Tuple[int, i
         hw: the image's ``(H, W)``.
 
     Returns:
-        float32 ``[H, W, 3]``: ``2 * v / 255 - 1`` on valid pixels, the zero vector elsewhere.
+        float64 ``[H, W, 3]``: ``2 * v / 255 - 1`` on valid pixels, the zero vector elsewhere.
     """
     try:
         with Image.open(normals_path) as im:
@@ -237,7 +239,7 @@ def load_masked_normals(normals_path: Path, context_path: Path, hw: Tuple[int, i
         raise DatasetError(f'normals PNG must have 3 channels (RGB), got shape {arr.shape}: '
                            f'{normals_path}')
     check_same_size(arr, hw, normals_path, 'normals map')
-    normals = arr.astype(np.float32) * (2.0 / 255.0) - 1.0
+    normals = 2.0 * arr.astype(np.float64) / 255.0 - 1.0  # the reference's dtype and arithmetic
     label_map = np.asarray(read_mat(context_path, 'Context label map', 'LabelMap'))
     if label_map.ndim != 2:
         raise DatasetError(f'Context LabelMap must be [H, W], got shape {label_map.shape}: '

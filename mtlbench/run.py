@@ -31,6 +31,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import MMLogger, print_log
 
 from mtlbench.config import as_plain, find_config, inner_dataset, load_config, resolve
+from mtlbench.protocol import departures, protocol_label, register_departure
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
 from mtlbench.registry import HOOKS
@@ -39,6 +40,10 @@ __all__ = ['RunOptions', 'run', 'prepare_config', 'SYNTHETIC_SCHEDULE', 'Metrics
 
 #: The CPU-sized schedule used on synthetic data (overridable with --epochs / --batch-size ...).
 SYNTHETIC_SCHEDULE = dict(epochs=3, batch_size=2, img_size=(224, 224), num_samples=24, num_workers=0, lr=2e-4)
+
+
+register_departure('train-keep-last', 'train_dataloader.drop_last', reference=True,
+                   doc="each epoch's last incomplete training batch is trained on, not dropped")
 
 
 @dataclass
@@ -196,6 +201,8 @@ def prepare_config(opts: RunOptions) -> Config:
             dl.persistent_workers = False
         # workers survive a SIGTERM sent to the process group, so the main process can save preempt.pth
         dl.worker_init_fn = dict(type='mtlbench.preemptible_worker_init', num_workers=dl.num_workers, seed=opts.seed)
+        if key == 'train_dataloader':
+            dl.setdefault('drop_last', True)  # the reference's; a config without it departs not
         # reproducible + resumable order and augmentation (mtlbench.engine.data)
         dl.sampler = dict(dl.sampler, type='ResumableSampler') if key == 'train_dataloader' else dl.sampler
         if key == 'train_dataloader' and dl.dataset.type != 'SeededDataset':
@@ -403,6 +410,7 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
         epochs=int(cfg.train_cfg.max_epochs), iters=None, metrics=metrics,
         params=model.param_breakdown(), wall_time_s=round(wall_time_s, 2), device=device_name(),
         torch_version=torch.__version__, config=as_plain(cfg.to_dict()),
+        protocol=protocol_label(cfg), departures=departures(cfg),
         **{**method.record_extras(model), **(extras or {})})
     os.makedirs(opts.results_dir, exist_ok=True)
     existing, _ = records.load_records(opts.results_dir, kind='run')

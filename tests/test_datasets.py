@@ -187,8 +187,8 @@ def test_pascal_normals_decode_and_context_mask(pascal_root):
     label_map[:, w // 2: 3 * w // 4] = context['unknown']           # excluded
     scipy.io.savemat(root / 'pascal-context' / 'trainval' / f'{sid}.mat', {'LabelMap': label_map})
     n = ds.load_sample(0)['normals']
-    assert n.dtype == np.float32 and n.shape == (h, w, 3)
-    expect = 2.0 * v.astype(np.float32) / 255.0 - 1.0
+    assert n.dtype == np.float64 and n.shape == (h, w, 3)  # the reference's dtype
+    expect = 2.0 * v.astype(np.float64) / 255.0 - 1.0
     np.testing.assert_allclose(n[:, : w // 2], expect[:, : w // 2], atol=1e-6)
     assert not n[:, w // 2:].any()
 
