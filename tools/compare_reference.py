@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import re
 import sys
@@ -36,6 +37,10 @@ def _import_reference(reference_dir: str):
     reference_dir = os.path.abspath(reference_dir)
     if not os.path.isfile(os.path.join(reference_dir, 'models', 'swin_transformer_mtlora.py')):
         raise SystemExit(f'{reference_dir} is not a checkout of scale-lab/MTLoRA (models/swin_transformer_mtlora.py missing)')
+    if 'ptflops' not in sys.modules:  # imported by the reference's HRNet module, not needed here
+        ptflops = types.ModuleType('ptflops')
+        ptflops.get_model_complexity_info = lambda *a, **k: (None, None)
+        sys.modules['ptflops'] = ptflops
     pkg = types.ModuleType('models')
     pkg.__path__ = [os.path.join(reference_dir, 'models')]
     sys.modules['models'] = pkg
@@ -66,6 +71,41 @@ def build_reference(reference_dir: str, r: int, task_r: int, img_size: int, plus
                              DECODER_DOWNSAMPLER=True, PER_TASK_DOWNSAMPLER=True, SWIN=_Cfg(WINDOW_SIZE=7)),
                   DATA=_Cfg(IMG_SIZE=img_size))
     return mtl.MultiTaskSwin(encoder, config)
+
+
+def _load_reference_module(reference_dir: str, name: str):
+    """A top-level module of the reference checkout (``optimizer``, ``lr_scheduler`` ...) under a
+    private name, so that it cannot shadow anything of ours."""
+    spec = importlib.util.spec_from_file_location(f'_mtlora_ref_{name}', os.path.join(reference_dir, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_optimizer(reference_dir: str, ref_model, lr: float, weight_decay: float, plus: bool = False):
+    """The reference's own optimizer (``optimizer.build_optimizer``: AdamW, its decay groups),
+    built before the LoRA freezing as ``main.py`` does, then the reference's freezing
+    (``mark_only_lora_as_trainable`` with the config defaults)."""
+    opt_mod = _load_reference_module(reference_dir, 'optimizer')
+    config = _Cfg(TRAIN=_Cfg(OPTIMIZER=_Cfg(NAME='adamw', EPS=1e-8, BETAS=(0.9, 0.999), MOMENTUM=0.9),
+                             BASE_LR=lr, WEIGHT_DECAY=weight_decay))
+    optimizer = opt_mod.build_optimizer(config, ref_model)
+    lora = importlib.import_module('models.lora')
+    lora.mark_only_lora_as_trainable(ref_model.backbone, bias='none', freeze_patch_embed=False, freeze_norm=False,
+                                     free_relative_bias=False,
+                                     freeze_downsample_reduction=plus)
+    return optimizer
+
+
+def reference_weight_decay(reference_dir: str, ref_model, weight_decay: float):
+    """``({name: weight decay}, [trainable names])`` of the reference's optimizer groups."""
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):  # the reference prints its freezing choices
+        optimizer = reference_optimizer(reference_dir, ref_model, 1e-3, weight_decay)
+    by_id = {id(p): g['weight_decay'] for g in optimizer.param_groups for p in g['params']}
+    decay = {n: by_id[id(p)] for n, p in ref_model.named_parameters()}
+    return decay, [n for n, p in ref_model.named_parameters() if p.requires_grad]
 
 
 def build_ours(r: int, task_r: int, img_size: int, plus: bool):
