@@ -31,6 +31,7 @@ from mmengine.logging import MMLogger, print_log
 from mtlbench.config import as_plain, find_config, inner_dataset, load_config, resolve
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
+from mtlbench.precision import resolve_precision
 from mtlbench.registry import HOOKS
 
 __all__ = ['RunOptions', 'run', 'prepare_config', 'SYNTHETIC_SCHEDULE', 'MetricsCaptureHook']
@@ -197,12 +198,7 @@ def prepare_config(opts: RunOptions) -> Config:
     cfg.randomness = dict(seed=opts.seed, deterministic=opts.deterministic)
     cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='IterSeedHook'),
                                                               dict(type='MetricsCaptureHook', eval_before_train=opts.eval_before_train)]
-    if opts.amp:
-        if not torch.cuda.is_available():
-            raise RuntimeError('--amp needs a CUDA GPU (mmengine AmpOptimWrapper); run without --amp on CPU')
-        dtype = {'bf16': 'bfloat16', 'fp16': 'float16'}[opts.amp]
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.dtype = dtype
+    resolve_precision(cfg, opts.amp, cuda=torch.cuda.is_available())
     cfg.launcher = opts.launcher
     if opts.launcher != 'none' and not torch.cuda.is_available():
         cfg.env_cfg.dist_cfg = dict(backend='gloo')

@@ -2,8 +2,11 @@
 # on names ending in .bias; the relative-position tables ARE decayed, as in the reference, see
 # mtlbench/optim.py), lr 5e-4 x batch / 512, 20 linear warm-up epochs from 1e-3 x lr,
 # per-iteration cosine to 1e-2 x lr, 300 epochs, grad-clip 5.0.
+# Training precision (mtlbench/precision.py): fp16 AMP + dynamic loss scaler on CUDA, as the
+# reference; CPU runs train in fp32 (departure 'precision-not-fp16'); --amp overrides.
+precision = 'fp16'
 optim_wrapper = dict(
-    type='OptimWrapper',  # --amp switches to AmpOptimWrapper (GPU only)
+    type='OptimWrapper',  # set by precision: AmpOptimWrapper for fp16 / bf16
     constructor='ReferenceOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=5e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05),
     clip_grad=dict(max_norm=5.0),
