@@ -110,7 +110,10 @@ def _set_schedule(cfg: Config, epochs: int) -> None:
     cfg.train_cfg.max_epochs = epochs
     cfg.train_cfg.val_interval = min(cfg.train_cfg.get('val_interval', epochs), epochs)
     scheds = cfg.get('param_scheduler') or []
-    if len(scheds) == 2 and old:
+    if len(scheds) == 1 and scheds[0].get('type') == 'ReferenceCosineLR' and old:
+        scheds[0].end = epochs
+        scheds[0].warmup = scheds[0].warmup * epochs / old  # same share (the reference truncates to iterations)
+    elif len(scheds) == 2 and old:
         warm = int(round(scheds[0].end * epochs / old))
         if warm <= 0:
             cfg.param_scheduler = [dict(scheds[1], begin=0, end=epochs, T_max=epochs)]

@@ -18,11 +18,11 @@ auto_scale_lr = dict(enable=True, base_batch_size=512)
 
 max_epochs = 300
 warmup_epochs = 20
+# timm's per-iteration cosine with a linear warm-up prefix, one iteration late as the reference's
+# loop steps it (mtlbench/lr_schedule.py); lr ratios 5e-7 / 5e-4 and 5e-6 / 5e-4.
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=warmup_epochs,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=warmup_epochs, end=max_epochs,
-         T_max=max_epochs - warmup_epochs, eta_min_ratio=1e-2, convert_to_iter_based=True),
+    dict(type='ReferenceCosineLR', warmup=warmup_epochs, warmup_ratio=1e-3, min_ratio=1e-2, by_epoch=True,
+         begin=0, end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=5)
 val_cfg = dict(type='ValLoop')
