@@ -206,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--num-workers', type=int)
     r.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'))
     r.add_argument('--tasks', nargs='+', help='subset of the dataset\'s tasks')
-    r.add_argument('--amp', nargs='?', const='bf16', choices=('bf16', 'fp16'), help='mixed precision (GPU)')
+    r.add_argument('--amp', nargs='?', const='fp16', choices=('fp16', 'bf16', 'off'),
+                   help='training precision (default: the config\'s, fp16 AMP as the reference, on CUDA; '
+                        'CPU runs train in fp32); `off` = fp32')
     r.add_argument('--launcher', default='none', choices=('none', 'pytorch', 'slurm'),
                    help='`pytorch` under torchrun for multi-GPU DDP')
     r.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in the work dir')

@@ -34,6 +34,7 @@ from mtlbench.config import as_plain, find_config, inner_dataset, load_config, r
 from mtlbench.protocol import departures, protocol_label, register_departure
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
+from mtlbench.precision import resolve_precision
 from mtlbench.registry import HOOKS
 
 __all__ = ['RunOptions', 'run', 'prepare_config', 'SYNTHETIC_SCHEDULE', 'MetricsCaptureHook']
@@ -127,7 +128,10 @@ def _set_schedule(cfg: Config, epochs: int) -> None:
     cfg.train_cfg.max_epochs = epochs
     cfg.train_cfg.val_interval = min(cfg.train_cfg.get('val_interval', epochs), epochs)
     scheds = cfg.get('param_scheduler') or []
-    if len(scheds) == 2 and old:
+    if len(scheds) == 1 and scheds[0].get('type') == 'ReferenceCosineLR' and old:
+        scheds[0].end = epochs
+        scheds[0].warmup = scheds[0].warmup * epochs / old  # same share (the reference truncates to iterations)
+    elif len(scheds) == 2 and old:
         warm = int(round(scheds[0].end * epochs / old))
         if warm <= 0:
             cfg.param_scheduler = [dict(scheds[1], begin=0, end=epochs, T_max=epochs)]
@@ -224,12 +228,7 @@ def prepare_config(opts: RunOptions) -> Config:
     cfg.randomness = dict(seed=opts.seed, deterministic=opts.deterministic)
     cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='IterSeedHook'), dict(type='StateGuardHook'),
                                                               dict(type='MetricsCaptureHook', eval_before_train=opts.eval_before_train)]
-    if opts.amp:
-        if not torch.cuda.is_available():
-            raise RuntimeError('--amp needs a CUDA GPU (mmengine AmpOptimWrapper); run without --amp on CPU')
-        dtype = {'bf16': 'bfloat16', 'fp16': 'float16'}[opts.amp]
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.dtype = dtype
+    resolve_precision(cfg, opts.amp, cuda=torch.cuda.is_available())
     cfg.launcher = opts.launcher
     if opts.launcher != 'none' and not torch.cuda.is_available():
         cfg.env_cfg.dist_cfg = dict(backend='gloo')
