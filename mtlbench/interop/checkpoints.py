@@ -38,7 +38,8 @@ class CheckpointMismatchError(CheckpointError):
 
 def read_checkpoint(path: str) -> Any:
     """``torch.load(weights_only=True)`` with mmengine's plain types and the reference's yacs
-    config (as a plain dict) allowed; nothing else is unpickled."""
+    config (as a plain dict) allowed; nothing else is unpickled, and a file that holds anything
+    else is refused naming what it holds."""
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}')
     try:
@@ -46,7 +47,22 @@ def read_checkpoint(path: str) -> Any:
             return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        outside = _disallowed_globals(path)
+        if outside:
+            first = f'it holds objects outside the allow-list, not loaded: {", ".join(outside[:4])}'
         raise CheckpointError(f'{path}: cannot be loaded as a checkpoint ({first})') from err
+
+
+def _disallowed_globals(path: str) -> list:
+    """Classes / functions the file's pickle names that the allow-list lacks (read from the
+    pickle's opcodes; nothing is unpickled)."""
+    allowed = {entry[1] if isinstance(entry, tuple) else f'{entry.__module__}.{entry.__qualname__}'
+               for entry in REFERENCE_GLOBALS}
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: the load error says enough
+        return []
+    return [n for n in names if n not in allowed and n.replace('__builtin__.', 'builtins.') not in allowed]
 
 
 def _literal(node: ast.AST) -> Any:

@@ -28,7 +28,6 @@ else is one :class:`ReferenceCheckpointError` that names the first offenders.
 """
 from __future__ import annotations
 
-import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -64,14 +63,9 @@ def load_reference_checkpoint(path: str) -> Dict[str, Any]:
         CheckpointError: missing, truncated or holding objects outside the allow-list.
         ReferenceCheckpointError: no ``'model'`` state dict of tensors.
     """
-    if not osp.isfile(path):
-        raise CheckpointError(f'checkpoint not found: {path}')
-    try:
-        with torch.serialization.safe_globals(REFERENCE_GLOBALS):
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f'{path}: cannot be loaded as a checkpoint ({first})') from err
+    from mtlbench.interop.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(path)
     if not is_reference_checkpoint(ckpt):
         raise ReferenceCheckpointError(f'{path}: not an MTLoRA reference checkpoint (no "model" dict of tensors)')
     return ckpt
