@@ -350,22 +350,28 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
 
 def _evaluate_only(opts: RunOptions, cfg: Config) -> List[Path]:
     """Score a checkpoint on the val split (no training, no run record): writes
-    ``<work_dir>/eval_metrics.json`` and returns its path (rank 0)."""
+    ``<work_dir>/eval_metrics.json`` and returns its path (rank 0).
+
+    The checkpoint is an mtlbench one or an MTLoRA reference one, loaded strictly by
+    :func:`mtlbench.interop.load_for_evaluation`: a checkpoint of another method, variant,
+    dataset or task list is refused with one line naming both."""
     import json
 
     from mtlbench.engine import MTLRunner
+    from mtlbench.interop import load_for_evaluation
 
-    cfg.load_from, cfg.resume = opts.eval_only, False
+    cfg.load_from, cfg.resume = None, False  # loaded below, strictly, not by mmengine's non-strict load
     if opts.merged:
         cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='MergeAdaptersHook')]
     runner = MTLRunner.from_cfg(cfg)
+    fmt = load_for_evaluation(opts.eval_only, runner.model.module if hasattr(runner.model, 'module') else runner.model)
     metrics = runner.val()
     if not is_main_process():
         return []
     path = Path(cfg.work_dir) / 'eval_metrics.json'
     path.parent.mkdir(parents=True, exist_ok=True)
     merged = next((h.merged for h in runner.hooks if type(h).__name__ == 'MergeAdaptersHook'), None)
-    path.write_text(json.dumps({'checkpoint': opts.eval_only, 'merged_adapters': merged,
+    path.write_text(json.dumps({'checkpoint': opts.eval_only, 'checkpoint_format': fmt, 'merged_adapters': merged,
                                 'metrics': {k: float(v) for k, v in metrics.items()}}, indent=1, sort_keys=True))
     print_log(f'metrics of {opts.eval_only}: {path}', logger='current')
     return [path]

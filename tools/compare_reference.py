@@ -2,9 +2,10 @@
 """Numerical equivalence of mtlbench's MTLoRA with the reference implementation.
 
 Builds the reference model from a user's checkout of scale-lab/MTLoRA (``--reference-dir``;
-never vendored into mtlbench, never needed by the tests) and mtlbench's model with the same
-configuration, copies the reference's weights into mtlbench's (name mapping below), gives every
-LoRA B a random non-zero value so the adapters matter, and prints the maximum absolute
+never vendored into mtlbench; tests that build it skip without ``MTLBENCH_MTLORA_REF``) and
+mtlbench's model with the same configuration, copies the reference's weights into mtlbench's
+(name mapping: ``mtlbench.interop.mtlora_reference``, the one ``--eval-only`` uses on reference
+checkpoints), gives every LoRA B a random non-zero value so the adapters matter, and prints the maximum absolute
 difference of the per-task outputs on the same input (eval mode). ``--grads`` also compares the
 gradients of every parameter both models have, in float64.
 
@@ -36,7 +37,7 @@ import re
 import sys
 import types
 from types import SimpleNamespace
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
 
@@ -46,18 +47,22 @@ NUM_OUTPUTS = {'semseg': 21, 'human_parts': 7, 'sal': 1, 'normals': 3}
 
 def _import_reference(reference_dir: str):
     """Import the reference's model modules without running its ``models/__init__.py`` (which
-    pulls in its whole training stack)."""
+    pulls in its whole training stack). Its HRNet head imports ``ptflops`` (FLOP counting,
+    unused here): a stub stands in when the package is not installed."""
     reference_dir = os.path.abspath(reference_dir)
     if not os.path.isfile(os.path.join(reference_dir, 'models', 'swin_transformer_mtlora.py')):
         raise SystemExit(f'{reference_dir} is not a checkout of scale-lab/MTLoRA (models/swin_transformer_mtlora.py missing)')
-    if 'ptflops' not in sys.modules:  # imported by the reference's HRNet module, not needed here
-        ptflops = types.ModuleType('ptflops')
-        ptflops.get_model_complexity_info = lambda *a, **k: (None, None)
-        sys.modules['ptflops'] = ptflops
+    try:
+        importlib.import_module('ptflops')
+    except ImportError:
+        stub = types.ModuleType('ptflops')
+        stub.get_model_complexity_info = lambda *args, **kwargs: (None, None)
+        sys.modules['ptflops'] = stub
     pkg = types.ModuleType('models')
     pkg.__path__ = [os.path.join(reference_dir, 'models')]
     sys.modules['models'] = pkg
-    sys.path.insert(0, reference_dir)
+    if reference_dir not in sys.path:
+        sys.path.insert(0, reference_dir)
     swin = importlib.import_module('models.swin_transformer_mtlora')
     mtl = importlib.import_module('models.swin_mtl')
     return swin, mtl
@@ -68,21 +73,30 @@ class _Cfg(SimpleNamespace):
         return getattr(self, key, default)
 
 
-def build_reference(reference_dir: str, r: int, task_r: int, img_size: int, plus: bool, drop_path_rate: float = 0.2,
-                    dropout: float = 0.05):
+def build_reference(reference_dir: str, r: int, task_r: int, img_size: int, plus: bool, arch: str = 'tiny',
+                    window_size: int = 7, decoder_channels: Sequence[int] = (18, 36, 72, 144), tasks=TASKS,
+                    drop_path_rate: float = 0.2, dropout: float = 0.05):
+    """The reference's ``MultiTaskSwin`` with MTLoRA, built as its ``models/build.py`` does for
+    ``mtlora_tiny_448_r64_scale4_pertask`` (other ranks, arch and sizes as given; ``arch`` is one
+    of mtlbench's ``SWIN_ARCHS``, e.g. ``'toy'`` for fast CPU tests)."""
+    from mtlbench.backbones.swin import SWIN_ARCHS
+
     swin, mtl = _import_reference(reference_dir)
-    ranks = {'shared': r, **{t: task_r for t in TASKS}}
+    dims = SWIN_ARCHS[arch]
+    ranks = {'shared': r, **{t: task_r for t in tasks}}
     mtlora = _Cfg(ENABLED=True, QKV_ENABLED=True, PROJ_ENABLED=True, FC1_ENABLED=True, FC2_ENABLED=True,
                   DOWNSAMPLER_ENABLED=plus, R_PER_TASK_LIST=[ranks] * 4, SHARED_SCALE=[4.0] * 4,
-                  SCALE_PER_TASK_LIST=[{t: 4.0 for t in TASKS}] * 4, DROPOUT=[dropout] * 4,
+                  SCALE_PER_TASK_LIST=[{t: 4.0 for t in tasks}] * 4, DROPOUT=[dropout] * 4,
                   INTERMEDIATE_SPECIALIZATION=False, TRAINABLE_SCALE_SHARED=False, TRAINABLE_SCALE_PER_TASK=False,
                   SHARED_MODE='matrix')
-    encoder = swin.SwinTransformerMTLoRA(img_size=img_size, patch_size=4, in_chans=3, num_classes=0, embed_dim=96,
-                                         depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
-                                         drop_path_rate=drop_path_rate, tasks=list(TASKS), mtlora=mtlora)
-    config = _Cfg(TASKS=list(TASKS), TASKS_CONFIG=_Cfg(ALL_TASKS=_Cfg(NUM_OUTPUT=NUM_OUTPUTS)),
-                  MODEL=_Cfg(DECODER_HEAD={t: 'hrnet' for t in TASKS}, MTLORA=mtlora, DECODER_CHANNELS=[18, 36, 72, 144],
-                             DECODER_DOWNSAMPLER=True, PER_TASK_DOWNSAMPLER=True, SWIN=_Cfg(WINDOW_SIZE=7)),
+    encoder = swin.SwinTransformerMTLoRA(img_size=img_size, patch_size=4, in_chans=3, num_classes=0,
+                                         embed_dim=dims['embed_dim'], depths=list(dims['depths']),
+                                         num_heads=list(dims['num_heads']), window_size=window_size,
+                                         drop_path_rate=drop_path_rate, tasks=list(tasks), mtlora=mtlora)
+    config = _Cfg(TASKS=list(tasks), TASKS_CONFIG=_Cfg(ALL_TASKS=_Cfg(NUM_OUTPUT=NUM_OUTPUTS)),
+                  MODEL=_Cfg(DECODER_HEAD={t: 'hrnet' for t in tasks}, MTLORA=mtlora,
+                             DECODER_CHANNELS=list(decoder_channels), DECODER_DOWNSAMPLER=True,
+                             PER_TASK_DOWNSAMPLER=True, SWIN=_Cfg(WINDOW_SIZE=window_size)),
                   DATA=_Cfg(IMG_SIZE=img_size))
     return mtl.MultiTaskSwin(encoder, config)
 
@@ -122,36 +136,21 @@ def reference_weight_decay(reference_dir: str, ref_model, weight_decay: float):
     return decay, [n for n, p in ref_model.named_parameters() if p.requires_grad]
 
 
-def build_ours(r: int, task_r: int, img_size: int, plus: bool, drop_path_rate: float = 0.2, dropout: float = 0.05):
+def build_ours(r: int, task_r: int, img_size: int, plus: bool, arch: str = 'tiny', window_size: int = 7,
+               decoder_channels: Sequence[int] = (18, 36, 72, 144), tasks=TASKS, drop_path_rate: float = 0.2,
+               dropout: float = 0.05):
     import mtlbench.methods  # noqa: F401
     from mtlbench.model import MultiTaskModel
     return MultiTaskModel('pascal_context', dict(type='mtlora', r=r, task_r=task_r, plus=plus, dropout=dropout),
-                          dict(arch='tiny', img_size=(img_size, img_size), drop_path_rate=drop_path_rate), tasks=TASKS)
+                          dict(arch=arch, img_size=(img_size, img_size), window_size=window_size,
+                               drop_path_rate=drop_path_rate),
+                          tasks=tasks, decoder=dict(channels=tuple(decoder_channels)))
 
 
 def map_reference_to_ours(ref_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Reference parameter names -> mtlbench names (task LoRA factors stacked over tasks)."""
-    out: Dict[str, torch.Tensor] = {}
-    stacks: Dict[str, Dict[str, torch.Tensor]] = {}
-    for k, v in ref_state.items():
-        if k.startswith('backbone.head') or k.endswith(('relative_position_index', 'attn_mask', 'num_batches_tracked')):
-            continue
-        n = k
-        # PatchMerging: end of stage i in the reference, start of stage i + 1 in timm / mtlbench
-        n = re.sub(r'backbone\.layers\.(\d+)\.downsample', lambda m: f'backbone.layers.{int(m.group(1)) + 1}.downsample', n)
-        n = n.replace('.linear.', '.base_layer.').replace('.lora_shared_A', '.lora_A').replace('.lora_shared_B', '.lora_B')
-        m = re.match(r'(.*)\.lora_tasks_([AB])\.(\w+)$', n)
-        if m:
-            stacks.setdefault(f'{m.group(1)}.lora_task_{m.group(2)}', {})[m.group(3)] = v
-            continue
-        n = re.sub(r'^downsampler\.(\w+)\.downsample_(\d)\.', r'decoder.downsamplers.\1.convs.\2.', n)
-        n = re.sub(r'^decoders\.decoders\.(\w+)\.last_layer\.0\.', r'decoder.heads.\1.conv1.', n)
-        n = re.sub(r'^decoders\.decoders\.(\w+)\.last_layer\.1\.', r'decoder.heads.\1.bn.', n)
-        n = re.sub(r'^decoders\.decoders\.(\w+)\.last_layer\.3\.', r'decoder.heads.\1.conv2.', n)
-        out[n] = v
-    for name, per_task in stacks.items():
-        out[name] = torch.stack([per_task[t] for t in TASKS])
-    return out
+    """Reference parameter names -> mtlbench names (one mapping: :mod:`mtlbench.interop`)."""
+    from mtlbench.interop import reference_to_mtlbench
+    return reference_to_mtlbench(ref_state, TASKS)
 
 
 def main(argv=None) -> int:
@@ -191,15 +190,12 @@ def main(argv=None) -> int:
             elif n.endswith('running_var'):
                 buf.uniform_(0.5, 1.5)
     ours = build_ours(args.r, args.task_r, args.img_size, args.plus).eval()
-    mapped = map_reference_to_ours(ref.state_dict())
-    own = ours.state_dict()
-    missing = [k for k in own if k not in mapped and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in mapped if k not in own]
-    shape = [k for k in mapped if k in own and mapped[k].shape != own[k].shape]
-    if missing or unexpected or shape:
-        print(f'weight mapping incomplete: missing {missing[:8]} unexpected {unexpected[:8]} shape {shape[:8]}')
+    from mtlbench.interop import ReferenceCheckpointError, import_reference_state
+    try:  # strict: every reference tensor used, every mtlbench tensor filled, shapes equal
+        import_reference_state(ours, ref.state_dict(), source='reference model')
+    except ReferenceCheckpointError as err:
+        print(f'weight mapping incomplete: {err}')
         return 1
-    ours.load_state_dict(mapped, strict=False)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     with torch.no_grad():
         out_ref = ref(x)

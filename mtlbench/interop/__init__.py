@@ -1,0 +1,16 @@
+"""Checkpoints from and to other code bases, and loading a checkpoint for evaluation.
+
+* :mod:`~mtlbench.interop.mtlora_reference`: the MTLoRA reference's checkpoint format
+  (scale-lab/MTLoRA), imported into and exported from mtlbench's MTLoRA model.
+* :mod:`~mtlbench.interop.checkpoints`: ``--eval-only``'s loader: recognises either format
+  and refuses a checkpoint of another model with one line naming both.
+"""
+from mtlbench.interop.checkpoints import CheckpointMismatchError, describe_model, load_for_evaluation, read_checkpoint
+from mtlbench.interop.mtlora_reference import (ReferenceCheckpointError, export_reference_checkpoint,
+                                               import_reference_state, is_reference_checkpoint,
+                                               load_reference_checkpoint, mtlbench_to_reference,
+                                               reference_to_mtlbench)
+
+__all__ = ['CheckpointMismatchError', 'describe_model', 'load_for_evaluation', 'read_checkpoint',
+           'ReferenceCheckpointError', 'export_reference_checkpoint', 'import_reference_state',
+           'is_reference_checkpoint', 'load_reference_checkpoint', 'mtlbench_to_reference', 'reference_to_mtlbench']
