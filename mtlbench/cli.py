@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--config', help='config file (default: configs/<method>/<method>_swin-t_<dataset>.py)')
     r.add_argument('--data-root', help='dataset root (default: the config\'s, else a synthetic dataset)')
     r.add_argument('--pretrained', help='local Swin checkpoint (official .pth or timm format)')
-    r.add_argument('--work-dir', help='checkpoints and logs (default: work_dirs/<method>_<dataset>_s<seed>)')
+    r.add_argument('--work-dir', help='checkpoints and logs (default: work_dirs/<method>[_<variant>]_<dataset>_s<seed>_<hash of the model settings>)')
     r.add_argument('--results-dir', default='results/runs', help='where run records go')
     r.add_argument('--seed', type=int, default=0)
     r.add_argument('--epochs', type=int)

@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 import os.path as osp
+import re
 import shutil
 import subprocess
 import tempfile
@@ -238,11 +239,53 @@ def prepare_config(opts: RunOptions) -> Config:
     return cfg
 
 
+def model_identity(model_cfg: Any) -> Dict[str, Any]:
+    """What a checkpoint must have been trained as to be resumed into this model: the method
+    and its options, the dataset, the tasks, and the backbone / decoder settings (not the
+    pretrained file, which only initialises)."""
+    plain = as_plain(model_cfg)
+    backbone = {k: v for k, v in (plain.get('backbone') or {}).items() if k != 'pretrained'}
+    return {'method': plain.get('method'), 'dataset': plain.get('dataset'), 'tasks': plain.get('tasks'),
+            'backbone': backbone, 'decoder': plain.get('decoder')}
+
+
+def _short_hash(value: Any) -> str:
+    import hashlib
+    import json
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
 def _work_dir(opts: RunOptions, cfg: Config, tag: str) -> str:
+    """``--work-dir``, or ``work_dirs/<method>[_<variant>]_<dataset>[_synthetic]_s<seed>_<model hash>``:
+    two runs that build different models (another rank, another --cfg-options) never share a
+    folder, and the same command always finds its own checkpoints again."""
     if opts.work_dir:
         return opts.work_dir
-    base = Path('work_dirs') / f'{tag}_{cfg.dataset_name}{"_synthetic" if cfg.synthetic else ""}_s{opts.seed}'
-    return str(base)
+    from mtlbench.method import build_method
+    variant = build_method(dict(cfg.model.method), cfg.model.tasks).variant()
+    slug = re.sub(r'[^A-Za-z0-9.=-]+', '-', variant).strip('-')
+    name = (f'{tag}{"_" + slug if slug else ""}_{cfg.dataset_name}{"_synthetic" if cfg.synthetic else ""}'
+            f'_s{opts.seed}_{_short_hash(model_identity(cfg.model))}')
+    return str(Path('work_dirs') / name)
+
+
+def _resume_filter(cfg: Config):
+    """``accept`` for :func:`~mtlbench.engine.find_resumable_checkpoint`: the reason a checkpoint
+    was trained as another model, or None."""
+    from mtlbench.interop.checkpoints import trained_as
+    want = model_identity(cfg.model)
+
+    def accept(ckpt: dict) -> Optional[str]:
+        declared = trained_as(ckpt)
+        if declared is None:
+            return None  # an older checkpoint without its config: the strict load still checks shapes
+        got = model_identity(declared)
+        differ = [k for k in want if _short_hash(got[k]) != _short_hash(want[k])]
+        if differ:
+            return (f'it was trained as another model ({", ".join(differ)} differ: '
+                    f'{got[differ[0]]} vs this run\'s {want[differ[0]]})')
+        return None
+    return accept
 
 
 class OutputDirError(ValueError):
@@ -308,9 +351,9 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
     prepare_device('cuda' if torch.cuda.is_available() else 'cpu')
     cfg.work_dir = _work_dir(opts, cfg, tag)
     if opts.resume:
-        ckpt = find_resumable_checkpoint(cfg.work_dir)
+        ckpt = find_resumable_checkpoint(cfg.work_dir, accept=_resume_filter(cfg))
         if ckpt is None:
-            raise FileNotFoundError(f'--resume: no loadable checkpoint in {cfg.work_dir}')
+            raise FileNotFoundError(f'--resume: no loadable checkpoint of this model in {cfg.work_dir}')
         cfg.resume, cfg.load_from = True, ckpt
     if is_main_process():
         check_output_dir(cfg.work_dir, 'work dir')

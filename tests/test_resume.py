@@ -114,3 +114,36 @@ def test_corrupt_newest_checkpoint_is_skipped(tmp_path, uninterrupted):
     data = (work / 'epoch_3.pth').read_bytes()
     (work / 'epoch_3.pth').write_bytes(data[: len(data) // 2])  # truncated
     assert find_resumable_checkpoint(str(work)) == str(work / 'epoch_2.pth')
+
+
+def test_default_work_dir_tells_variants_and_model_options_apart():
+    from mtlbench.run import RunOptions, _work_dir, prepare_config
+
+    def work_dir(**cfg_options):
+        opts = RunOptions(method='mtlora', cfg_options=cfg_options)
+        return _work_dir(opts, prepare_config(opts), 'mtlora')
+
+    r64, r8 = work_dir(), work_dir(**{'model.method.r': 8})
+    assert r64 != r8 and '_r=64_' in r64 and '_r=8_' in r8  # an r=8 run no longer overwrites an r=64 run
+    assert work_dir() == r64  # the same command finds its own checkpoints again
+    assert work_dir(**{'model.decoder.channels': (4, 8, 8, 8)}) != r64  # any option that changes the model
+
+
+def test_resume_skips_a_newer_checkpoint_of_another_model(pascal_root, tmp_path, capfd):
+    work = tmp_path / 'w'
+
+    def args(rank, epochs):
+        return ['run', '--method', 'mtlora', '--data-root', pascal_root, '--work-dir', str(work), '--results-dir',
+                str(tmp_path / 'runs'), '--epochs', str(epochs), '--batch-size', '2', '--num-workers', '0',
+                '--max-samples', '4', *IMG] + FAST + [f'model.method.r={rank}']
+
+    run_cli(args(4, 1))
+    os.replace(work / 'epoch_1.pth', work / 'r4_epoch_1.pth')
+    os.utime(work / 'r4_epoch_1.pth', (time.time() - 60, time.time() - 60))
+    run_cli(args(8, 1))  # newer, and of another rank
+    run_cli(args(4, 2) + ['--resume'])
+    out = capfd.readouterr()
+    logged = out.out + out.err + ''.join(p.read_text(errors='ignore') for p in work.glob('*/*.log'))
+    skipped = [line for line in logged.splitlines() if '--resume: skipping' in line]
+    assert any('epoch_1.pth' in m and 'trained as another model' in m and "'r': 8" in m for m in skipped), skipped
+    assert safe_torch_load(str(work / 'epoch_2.pth'))['meta']['epoch'] == 2  # resumed from the r=4 epoch 1
