@@ -44,7 +44,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from mtlbench.records import BASELINE_METHOD, collect_baseline, comparability_key, load_records
+from mtlbench.records import (BASELINE_METHOD, collect_baseline, comparability_key, load_records,
+                              newest_per_identity)
 from mtlbench.tasks import DATASET_TASKS, TASKS
 
 __all__ = [
@@ -679,6 +680,12 @@ def build_leaderboard(records: Sequence[Mapping], dataset: Optional[str] = None,
         if dataset is not None and r['dataset'] != dataset:
             continue
         runs.append(r)
+    runs, repeats = newest_per_identity(runs)  # a seed run twice is one seed, not n=2
+    for repeat, kept in repeats:
+        skipped_out.append((str(repeat.get('_path', repeat.get('run_id', '?'))),
+                            f'repeats seed {repeat["seed"]} of {_row_label(repeat["method"], repeat["variant"])} '
+                            f'(same method, options, dataset and protocol); the newest record '
+                            f'{kept.get("_path", kept.get("run_id", "?"))} is counted instead'))
     if known is not None:
         for b in list(bench):
             if b.get('method') not in known:

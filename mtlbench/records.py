@@ -95,7 +95,7 @@ __all__ = [
     'PARAM_KEYS', 'BASELINE_METHOD', 'ANY', 'new_run_id', 'new_bench_id', 'primary_from_metrics',
     'make_run_record', 'make_bench_record', 'validate_record', 'write_record',
     'load_records', 'pretrained_key', 'comparability_key', 'collect_baseline', 'find_baseline',
-    'compute_delta_m_for_record', 'UNKNOWN_PROTOCOL', 'record_protocol',
+    'compute_delta_m_for_record', 'UNKNOWN_PROTOCOL', 'record_protocol', 'run_identity', 'newest_per_identity',
 ]
 
 SCHEMA_VERSION = 1
@@ -675,6 +675,33 @@ def comparability_key(record: Mapping) -> tuple:
             pretrained_key(record.get('pretrained')), record_protocol(record))
 
 
+def run_identity(record: Mapping) -> tuple:
+    """What makes two run records the same measurement: the comparability key plus method,
+    variant, method options, tasks and seed. Re-running a seed (or ``--resume`` on a finished
+    work dir) writes a second record with the same identity; it is one seed, not two."""
+    options = json.dumps(record.get('method_options') or {}, sort_keys=True, default=str)
+    return comparability_key(record) + (record['method'], record.get('variant') or '', options,
+                                        tuple(record['tasks']), record['seed'])
+
+
+def newest_per_identity(records: Iterable[Mapping]) -> Tuple[List[Mapping], List[Tuple[Mapping, Mapping]]]:
+    """``(kept, repeats)``: one run record per :func:`run_identity`, the newest by ``created``;
+    ``repeats`` pairs each record left out with the one kept. Other kinds pass through."""
+    newest: Dict[tuple, Mapping] = {}
+    others: List[Mapping] = []
+    for rec in records:
+        if rec.get('kind') != 'run':
+            others.append(rec)
+            continue
+        key = run_identity(rec)
+        if key not in newest or str(rec.get('created', '')) > str(newest[key].get('created', '')):
+            newest[key] = rec
+    kept_ids = {id(r) for r in newest.values()}
+    repeats = [(r, newest[run_identity(r)]) for r in records
+               if r.get('kind') == 'run' and id(r) not in kept_ids]
+    return others + list(newest.values()), repeats
+
+
 def collect_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
                      img_size: Sequence[int], eval_protocol: str, synthetic: bool,
                      tasks: Sequence[str], *, pretrained: Any = ANY, protocol: Any = ANY,
@@ -782,7 +809,7 @@ def compute_delta_m_for_record(record: Mapping, all_records: Iterable[Mapping],
     """
     tasks = list(record['tasks'])
     baseline, reason = find_baseline(
-        all_records, record['dataset'], record['backbone'], record['img_size'],
+        newest_per_identity(all_records)[0], record['dataset'], record['backbone'], record['img_size'],
         record['eval_protocol'], record['synthetic'], tasks, pretrained=record.get('pretrained'),
         protocol=record_protocol(record))
     if baseline is None:
