@@ -418,8 +418,8 @@ def _validate_run(rec: Mapping) -> List[str]:
                 problems.append(f'metrics[{task!r}] is not a dict')
                 continue
             for name, v in values.items():
-                if v is not None and not _is_number(v):
-                    problems.append(f'metrics[{task!r}][{name!r}] is not a number: {v!r}')
+                if v is not None and not _is_finite_number(v):  # mtlbench writes non-finite values as null
+                    problems.append(f'metrics[{task!r}][{name!r}] is not a finite number or null: {v!r}')
         if tasks:
             missing = [t for t in tasks if t not in metrics]
             if missing:
@@ -634,10 +634,16 @@ def load_records(directory: os.PathLike | str,
         except OSError as e:
             skipped.append((path, f'unreadable: {e}'))
             continue
+        except RecursionError:
+            skipped.append((path, 'not a record: JSON nested too deeply to read'))
+            continue
         if isinstance(rec, dict) and kind is not None and rec.get('kind') != kind \
                 and rec.get('kind') in _FIELDS_BY_KIND:
             continue
-        problems = validate_record(rec)
+        try:
+            problems = validate_record(rec)
+        except RecursionError:
+            problems = ['not a record: nested too deeply to check']
         if problems:
             skipped.append((path, '; '.join(problems)))
             continue
