@@ -147,3 +147,29 @@ def test_resume_skips_a_newer_checkpoint_of_another_model(pascal_root, tmp_path,
     skipped = [line for line in logged.splitlines() if '--resume: skipping' in line]
     assert any('epoch_1.pth' in m and 'trained as another model' in m and "'r': 8" in m for m in skipped), skipped
     assert safe_torch_load(str(work / 'epoch_2.pth'))['meta']['epoch'] == 2  # resumed from the r=4 epoch 1
+
+
+def test_full_disk_during_a_save_leaves_no_temp_file(pascal_root, tmp_path, monkeypatch):
+    import errno
+
+    from mmengine.fileio.backends.local_backend import LocalBackend
+
+    def put_half_then_enospc(self, obj, filepath):
+        Path(filepath).write_bytes(obj[: len(obj) // 2])
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    work = tmp_path / 'w'
+    monkeypatch.setattr(LocalBackend, 'put', put_half_then_enospc)
+    with pytest.raises(OSError, match='No space left'):
+        run_cli(_args(pascal_root, work, tmp_path / 'runs') + ['--max-samples', '4'])
+    assert not list(work.glob('.*.tmp*')) and not list(work.glob('*.pth'))
+
+
+def test_temp_checkpoint_of_a_dead_writer_is_removed_at_start(tmp_path):
+    from mtlbench.engine.runner import remove_stale_temp_checkpoints
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    (tmp_path / f'.epoch_3.pth.tmp{dead.pid}').write_bytes(b'half')
+    (tmp_path / f'.epoch_3.pth.tmp{os.getppid()}').write_bytes(b'a live writer')
+    assert remove_stale_temp_checkpoints(str(tmp_path)) == [f'.epoch_3.pth.tmp{dead.pid}']
+    assert (tmp_path / f'.epoch_3.pth.tmp{os.getppid()}').exists()
