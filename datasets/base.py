@@ -262,6 +262,7 @@ class MultiTaskDataset(Dataset):
                 raise DatasetNotFoundError(
                     f'{len(missing)} file(s) listed in split {split!r} ({self.split_file()}) are '
                     f'missing under {self.data_root}: {shown}{more}')
+        self._select_samples()
         self.pipeline = build_pipeline(self.default_pipeline() if pipeline is None else pipeline)
 
     # -- layout (subclasses) -------------------------------------------------------------------
@@ -277,6 +278,10 @@ class MultiTaskDataset(Dataset):
     def _load_targets(self, files: Dict[str, Path], hw: Tuple[int, int]) -> Dict[str, np.ndarray]:
         """Read, check and convert the task maps of one sample (per ``self.tasks``)."""
         raise NotImplementedError
+
+    def _select_samples(self) -> None:
+        """Drop ids the reference's loader would not list (``self.ids`` / ``self.files``); none
+        by default."""
 
     def train_augmentations(self) -> List[dict]:
         """The dataset's reference training augmentations (before resize / normalise / pack)."""

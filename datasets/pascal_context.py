@@ -20,8 +20,12 @@ under the root:
 
 Not in the reference, chosen: no parts index is built or cached (each ``.mat`` is read when its
 image is), so nothing is written into the dataset root; 1x1 MATLAB fields are read with
-``.item()`` (numpy >= 2 refuses ``int()`` on them); every image of the split is kept, with or
-without person parts.
+``.item()`` (numpy >= 2 refuses ``int()`` on them).
+
+As in the reference, a dataset whose only task is human parts lists only the images with a person
+(an object of class 15 with a non-empty mask; the reference's parts index), so its batches are
+not filled with all-ignore images; it reads every ``.mat`` of the split at construction. With
+other tasks every image is kept (the reference does the same).
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ from .base import (MultiTaskDataset, check_label_values, check_same_size, read_l
 from .errors import DatasetError, DatasetNotFoundError
 
 __all__ = ['PascalContextMT', 'VOC_CLASSES', 'HUMAN_PART_CLASSES', 'PART_CLASSES',
-           'PERSON_CLASS_INDEX', 'normals_valid_context_ids', 'context_classes']
+           'PERSON_CLASS_INDEX', 'normals_valid_context_ids', 'context_classes', 'has_person']
 
 _META_DIR = Path(__file__).resolve().parent / 'meta'
 
@@ -138,6 +142,14 @@ class PascalContextMT(MultiTaskDataset):
             files['context'] = root / 'pascal-context' / 'trainval' / f'{sample_id}.mat'
         return files
 
+    def _select_samples(self) -> None:
+        """Human parts alone: keep the images with a person, as the reference does."""
+        if self.tasks != ('human_parts',):
+            return
+        keep = [k for k, files in enumerate(self.files) if has_person(files['human_parts'])]
+        self.ids = [self.ids[k] for k in keep]
+        self.files = [self.files[k] for k in keep]
+
     def train_augmentations(self) -> List[dict]:
         """Flip, then rotate in [-20, 20] degrees and scale in [0.75, 1.25] about the centre."""
         return [
@@ -214,6 +226,19 @@ def load_human_parts(path: Path, hw: Tuple[int, int]) -> np.ndarray:
         raise DatasetError(f'human parts .mat does not have the PASCAL-Part anno layout '
                            f'({type(e).__name__}: {e}): {path}') from None
     return out
+
+
+def has_person(path: Path) -> bool:
+    """Whether a PASCAL-Part ``anno`` struct has an object of class 15 with a non-empty mask:
+    the reference's test (its parts index, area threshold 0) for keeping an image when human
+    parts is the only task."""
+    anno = read_mat(path, 'human parts', 'anno')
+    try:
+        return any(np.asarray(obj[1]).item() == PERSON_CLASS_INDEX and np.asarray(obj[2]).sum() > 0
+                   for obj in np.asarray(anno[0][0][1]).ravel())
+    except (IndexError, ValueError, TypeError, KeyError) as e:
+        raise DatasetError(f'human parts .mat does not have the PASCAL-Part anno layout '
+                           f'({type(e).__name__}: {e}): {path}') from None
 
 
 def load_masked_normals(normals_path: Path, context_path: Path, hw: Tuple[int, int]) -> np.ndarray:
