@@ -416,13 +416,13 @@ def train_steps(args) -> int:
               ' '.join(f'{float(loss_dict[t]):10.6f} {rels[t]:8.1e}' for t in TASKS) +
               f' {total_ref:10.6f} {r_tot:8.1e} {gn_ref:10.4e} {r_gn:8.1e}')
     ref_params = map_reference_to_ours({n: q.detach() for n, q in ref.named_parameters()})
-    param_worst, param_name = 0.0, ''
+    param_rel = {}
     for name, q in ours.named_parameters():
-        if name not in ref_params:
-            continue
-        rel = (q.detach() - ref_params[name]).abs().max().item() / max(ref_params[name].abs().max().item(), 1e-300)
-        if rel > param_worst:
-            param_worst, param_name = rel, name
+        if name in ref_params:
+            param_rel[name] = (q.detach() - ref_params[name]).abs().max().item() / \
+                max(ref_params[name].abs().max().item(), 1e-300)
+    ranked = sorted(param_rel.items(), key=lambda kv: -kv[1])
+    param_worst, param_name = ranked[0][1], ranked[0][0]
     buf_ref = map_reference_to_ours({n: b for n, b in ref.named_buffers()})
     buf_worst = max(((b - buf_ref[n]).abs().max().item() / max(buf_ref[n].abs().max().item(), 1e-300)
                      for n, b in ours.named_buffers() if n in buf_ref and b.is_floating_point()), default=0.0)
@@ -436,6 +436,8 @@ def train_steps(args) -> int:
         print('  NON-FINITE differences above')
     print(f'  parameters after the last step: worst relative difference (max |diff| / max |ref| per tensor) '
           f'{param_worst:.1e} at {param_name} (target 1e-6); BatchNorm running statistics {buf_worst:.1e}')
+    print('  next worst: ' + ', '.join(f'{n} {v:.1e}' for n, v in ranked[1:5]) +
+          f'; {sum(v > 1e-6 for v in param_rel.values())} of {len(param_rel)} tensors above 1e-6')
     ok = all(math.isfinite(v) for v in worst.values()) and worst['lr'] <= 1e-12 and worst['loss'] <= 1e-6 and param_worst <= 1e-6 and mapped_trainable == our_trainable
     print(f'  {"OK" if ok else "TARGETS MISSED"}')
     return 0 if ok else 1
