@@ -89,3 +89,16 @@ def test_equals_reference_build_scheduler(epochs, warmup, per_epoch):
     expected = reference_loop_lrs(lambda opt: ref.build_scheduler(config, opt, per_epoch), base=5e-4 * 32 / 512,
                                   epochs=epochs, per_epoch=per_epoch)
     assert_close(ours_lrs(base=5e-4 * 32 / 512, epochs=epochs, warmup=warmup, per_epoch=per_epoch), expected)
+
+
+def test_shortened_schedule_keeps_the_warm_up_share():
+    """``--epochs`` (and the synthetic schedule) shrink 300 epochs / 20 warm-up to the same shape."""
+    from mtlbench.config import find_config, load_config
+    from mtlbench.run import _set_schedule
+    cfg = load_config(str(find_config('mtlora', 'pascal_context')), {})
+    _set_schedule(cfg, 3)
+    (sched,) = cfg.param_scheduler
+    assert (sched.end, cfg.train_cfg.max_epochs) == (3, 3)
+    assert sched.warmup == pytest.approx(0.2)  # 20 / 300 of 3 epochs
+    lrs = ours_lrs(epochs=3, warmup=sched.warmup, per_epoch=10)  # W = int(0.2 * 10) = 2, N = 30
+    assert lrs[:4] == pytest.approx([1e-6, 1e-6, 1e-6 + (1e-3 - 1e-6) / 2, 1e-3], rel=1e-12)

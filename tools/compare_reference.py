@@ -378,6 +378,7 @@ def train_steps(args) -> int:
     print(head)
     worst = {'lr': 0.0, 'loss': 0.0, 'total': 0.0, 'grad_norm': 0.0}
     empties = 0
+    never_in_graph = set(ref_trainable)  # reference parameters whose grad stayed None (AdamW skips them)
     for it in range(args.train_steps):
         x, targets = batches[it % per_epoch]
         epoch, idx = divmod(it, per_epoch)
@@ -387,6 +388,7 @@ def train_steps(args) -> int:
         loss_ref, loss_dict = criterion(outputs, reference_targets(targets))
         gn_ref = float(scaler(loss_ref, ref_opt, clip_grad=5.0, parameters=ref.parameters(), create_graph=False,
                               update_grad=True))
+        never_in_graph &= {n for n, q in ref.named_parameters() if q.requires_grad and q.grad is None}
         ref_opt.zero_grad()
         ref_sched.step_update(epoch * per_epoch + idx)
         # mtlbench: BaseModel.train_step + ParamSchedulerHook
@@ -412,13 +414,18 @@ def train_steps(args) -> int:
               ' '.join(f'{float(loss_dict[t]):10.6f} {rels[t]:8.1e}' for t in TASKS) +
               f' {total_ref:10.6f} {r_tot:8.1e} {gn_ref:10.4e} {r_gn:8.1e}')
     ref_params = map_reference_to_ours({n: q.detach() for n, q in ref.named_parameters()})
-    param_worst, param_name = 0.0, ''
+    param_rel = {}
     for name, q in ours.named_parameters():
-        if name not in ref_params:
-            continue
-        rel = (q.detach() - ref_params[name]).abs().max().item() / max(ref_params[name].abs().max().item(), 1e-300)
-        if rel > param_worst:
-            param_worst, param_name = rel, name
+        if name in ref_params:
+            param_rel[name] = (q.detach() - ref_params[name]).abs().max().item() / \
+                max(ref_params[name].abs().max().item(), 1e-300)
+    # Parameters outside the reference's graph get no update at all there (grad None: AdamW
+    # skips them, weight decay included); mtlbench computes the same unused value with a zero
+    # gradient, so AdamW still decays them. They never change an output: reported apart.
+    unused = set(map_reference_to_ours({n: torch.zeros(1) for n in never_in_graph}))
+    unused_rel = {n: param_rel.pop(n) for n in sorted(unused) if n in param_rel}
+    ranked = sorted(param_rel.items(), key=lambda kv: -kv[1])
+    param_worst, param_name = ranked[0][1], ranked[0][0]
     buf_ref = map_reference_to_ours({n: b for n, b in ref.named_buffers()})
     buf_worst = max(((b - buf_ref[n]).abs().max().item() / max(buf_ref[n].abs().max().item(), 1e-300)
                      for n, b in ours.named_buffers() if n in buf_ref and b.is_floating_point()), default=0.0)
@@ -432,6 +439,12 @@ def train_steps(args) -> int:
         print('  NON-FINITE differences above')
     print(f'  parameters after the last step: worst relative difference (max |diff| / max |ref| per tensor) '
           f'{param_worst:.1e} at {param_name} (target 1e-6); BatchNorm running statistics {buf_worst:.1e}')
+    print('  next worst: ' + ', '.join(f'{n} {v:.1e}' for n, v in ranked[1:5]) +
+          f'; {sum(v > 1e-6 for v in param_rel.values())} of {len(param_rel)} tensors above 1e-6')
+    if unused_rel:
+        print(f'  not in the reference\'s graph (grad None, never updated there; mtlbench gets a zero gradient and '
+              'AdamW decays them; no output depends on them), not counted above: ' +
+              ', '.join(f'{n} {v:.1e}' for n, v in unused_rel.items()))
     ok = all(math.isfinite(v) for v in worst.values()) and worst['lr'] <= 1e-12 and worst['loss'] <= 1e-6 and param_worst <= 1e-6 and mapped_trainable == our_trainable
     print(f'  {"OK" if ok else "TARGETS MISSED"}')
     return 0 if ok else 1
