@@ -265,7 +265,7 @@ def test_prefix_masking_only_uses_a_prefix():
 
 def test_scores_match_hand_computation():
     base = frozen_linear(7, 6)
-    layer = FAARLinear(base, r=6, scale=1.0, dropout=0.0, beta=0.5)
+    layer = FAARLinear(base, r=6, scale=1.0, dropout=0.0, beta=0.5, score_norm='none')
     u = layer.faar_unit
     randomize(u)
     layer.train()
@@ -292,9 +292,26 @@ def test_scores_match_hand_computation():
     assert torch.allclose(u.importance()[:both], expected[:both], rtol=1e-5)
 
 
+def test_active_mean_score_normalisation():
+    """score_norm='active_mean': each batch's A- and B-terms are divided by their mean over the
+    active prefix, so a batch's scale (a small prefix leaves a large residual) does not count."""
+    layer = FAARLinear(frozen_linear(7, 6), r=6, scale=1.0, dropout=0.0, beta=0.5, score_norm='active_mean')
+    u = layer.faar_unit
+    randomize(u)
+    layer.train()
+    x = torch.randn(1, 4, 7)
+    torch.manual_seed(3)
+    (layer(x).square().sum() * 100.0).backward()
+    b = u.active_rank
+    sA = (u.faar_A * u.faar_A.grad).sum(1).abs().detach()[:b]
+    sB = (u.faar_B * u.faar_B.grad).sum(0).abs().detach()[:b]
+    assert torch.allclose(u.importance()[:b], 0.5 * (sA / sA.mean() + sB / sB.mean()), rtol=1e-5)
+    assert torch.allclose(u.importance()[:b].mean(), torch.tensor(1.0), rtol=1e-5)  # 1/2 (1 + 1)
+
+
 def test_scores_unscale_amp_gradients():
     base = frozen_linear(4, 4)
-    layer = FAARLinear(base, r=2, scale=1.0, prefix_masking=False)
+    layer = FAARLinear(base, r=2, scale=1.0, prefix_masking=False, score_norm='none')
     u = layer.faar_unit
     randomize(u)
     class FakeScaler:  # what the hook hands over: mmengine AmpOptimWrapper.loss_scaler (a GradScaler)
@@ -321,6 +338,16 @@ def test_select_components():
     assert select_components(s, 0.5).tolist() == [1]
     assert select_components(s, 0.5, min_rank=2).tolist() == [1, 3]
     assert select_components(torch.zeros(4), 0.95).tolist() == [0, 1, 2, 3]  # nothing learnt: keep all
+    # 'gain': keep while score >= 0.25 x the mean kept score (a fixed point), by hand:
+    # all six: mean 0.5 -> cut 0.05 and 0.1 (< 0.125); kept four: mean 0.725 -> cut 0.15 (< 0.181);
+    # kept three: mean 0.917 -> threshold 0.229, all stay.
+    g = torch.tensor([0.05, 1.0, 0.1, 1.2, 0.15, 0.55])
+    assert select_components(g, rule='gain', gain_threshold=0.25).tolist() == [1, 3, 5]
+    flat = torch.tensor([0.9, 1.1, 1.0, 0.8, 1.2, 1.0])  # a flat spectrum: nothing is cut
+    assert select_components(flat, rule='gain', gain_threshold=0.25).tolist() == list(range(6))
+    # coverage cuts a flat spectrum of 32 components at every prune (0.95 of it needs 31 of 32)
+    assert len(select_components(torch.ones(32), 0.95, rule='coverage')) == 31
+    assert len(select_components(torch.ones(32), rule='gain', gain_threshold=0.25)) == 32
 
 
 # --------------------------------------------------------------------------- pruning
@@ -549,8 +576,9 @@ def _tiny_model_cls():
         def __init__(self, seed: int = 0) -> None:
             super().__init__()
             torch.manual_seed(seed)
-            self.lin1 = FAARLinear(frozen_linear(8, 16, seed), r=6, scale=1.0, rho=0.6)
-            self.lin2 = FAARTaskLinear(frozen_linear(16, 6, seed + 1), ('a', 'b'), r=5, scale=1.0, rho=0.6)
+            kw = dict(scale=1.0, rho=0.6, prune_rule='coverage', score_norm='none')
+            self.lin1 = FAARLinear(frozen_linear(8, 16, seed), r=6, **kw)
+            self.lin2 = FAARTaskLinear(frozen_linear(16, 6, seed + 1), ('a', 'b'), r=5, **kw)
 
         def forward(self, inputs, targets=None, mode='tensor'):
             y = self.lin2(torch.relu(self.lin1(inputs[None])))[1:].mean(0)
@@ -616,8 +644,9 @@ class _DDPNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.lin1 = FAARLinear(frozen_linear(8, 16), r=6, scale=1.0, rho=0.7)
-        self.lin2 = FAARTaskLinear(frozen_linear(16, 6, 1), ('a', 'b'), r=5, scale=1.0, rho=0.7)
+        kw = dict(scale=1.0, rho=0.7, prune_rule='coverage', score_norm='none')
+        self.lin1 = FAARLinear(frozen_linear(8, 16), r=6, **kw)
+        self.lin2 = FAARTaskLinear(frozen_linear(16, 6, 1), ('a', 'b'), r=5, **kw)
         self.head = nn.Linear(6, 2)
 
     def forward(self, x):
