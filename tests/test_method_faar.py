@@ -440,6 +440,114 @@ def test_pdrs_recovers_known_low_rank():
     assert losses[-1] < 2e-2 * losses[0] and losses[-1] < losses[1]
 
 
+def _rank_recovery():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('faar_rank_recovery',
+                                                  osp.join(REPO, 'benchmarks', 'faar_rank_recovery.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pdrs_recovers_planted_ranks_and_keeps_the_fit():
+    """Planted flat-spectrum ranks 2 / 8 / 24 (d = 96, benchmarks/faar_rank_recovery.py, default
+    options, the real PDRSHook behind an mmengine LinearLR warm-up of 3 epochs): final ranks
+    within [0.75, 1.5]x the truth and ordered like it, about the same for initial ranks 16 / 32 /
+    64, a fit no worse than 1.1x the same adapter trained unpruned, pruning stopped by itself and
+    never before the warm-up ended."""
+    import logging
+    logging.getLogger('mmengine').setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    bench = _rank_recovery()
+    warmup = 3
+    cases = [([2], 32), ([8], 32), ([24], 32), ([8], 16), ([8], 64), ([2, 8, 24], 32)]
+    final = {}
+    for truths, r0 in cases:
+        res = bench.train(truths, r0, True, warmup=warmup)
+        ref = bench.train(truths, r0, False, warmup=warmup)
+        where = f'truths {truths}, initial rank {r0}'
+        for k, rank, err, err_ref in zip(truths, res['ranks'], res['errors'], ref['errors']):
+            assert 0.75 * k <= rank <= 1.5 * k, (where, res['ranks'])
+            assert err <= 1.1 * err_ref, (where, res['errors'], ref['errors'])
+        assert res['ranks'] == sorted(res['ranks']) and len(set(res['ranks'])) == len(truths), where
+        assert res['stopped'] and res['stop_reason'] == 'stable' and res['stop_step'] < 40, where
+        assert not any(res['masking_after']), where  # trained on unmasked after the stop
+        assert res['begin'] == warmup and res['first_prune'] >= warmup, where  # read off the scheduler
+        final[(tuple(truths), r0)] = res['ranks']
+    assert final[((2,), 32)][0] < final[((8,), 32)][0] < final[((24,), 32)][0]
+    eights = [final[((8,), r0)][0] for r0 in (16, 32, 64)]
+    assert max(eights) <= 1.25 * min(eights), eights  # nearly independent of the initial rank
+
+
+def test_warmup_end_from_mmengine_schedulers():
+    from mmengine.optim.scheduler import CosineAnnealingLR, LinearLR
+    from mtlbench.methods.faar.pdrs import warmup_end
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    iters = [LinearLR(opt, start_factor=1e-3, by_epoch=False, begin=0, end=200),  # 5 epochs of 40 iterations
+             CosineAnnealingLR(opt, T_max=800, by_epoch=False, begin=200, end=1000)]
+    assert warmup_end(iters, by_epoch=True, iters_per_epoch=40) == 5
+    assert warmup_end(iters, by_epoch=False, iters_per_epoch=40) == 200
+    epochs = [LinearLR(opt, start_factor=1e-3, by_epoch=True, begin=0, end=20)]
+    assert warmup_end(epochs, by_epoch=True, iters_per_epoch=7) == 20
+    assert warmup_end(epochs, by_epoch=False, iters_per_epoch=7) == 140
+    assert warmup_end(None, True, 40) is None
+    assert warmup_end([CosineAnnealingLR(opt, T_max=10, by_epoch=True, begin=0, end=10)], True, 40) is None
+    # the hook without an explicit begin starts after the warm-up; with one, where asked
+    layer = FAARLinear(frozen_linear(4, 4), r=2)
+    from mmengine.optim import OptimWrapper
+    runner = SimpleNamespace(model=layer, optim_wrapper=OptimWrapper(opt), param_schedulers=iters,
+                             train_dataloader=range(40), epoch=0, iter=0)
+    hook = PDRSHook()
+    hook.before_train(runner)
+    assert hook.schedule.begin == 5 and not hook._due(4) and hook._due(5)
+    asked = PDRSHook(begin=2)
+    asked.before_train(runner)
+    assert asked.schedule.begin == 2
+
+
+def test_prune_schedule_loss_stop_unmasks_and_survives_a_checkpoint():
+    """stop='loss': the prune at epoch 1 changed a rank and the mean loss after it (1.2) is more
+    than 5% above the mean before it (1.0), so the epoch-2 prune does not happen and training goes
+    on unmasked; the stop is part of the checkpoint."""
+    from mtlbench.methods.faar.pdrs import PruneSchedule
+    layer = FAARLinear(frozen_linear(6, 6), r=4, prune_rule='coverage', score_norm='none')
+    u = layer.faar_unit
+    with torch.no_grad():
+        u.faar_score_ema.copy_(torch.tensor([[1.0, 1.0, 1.0, 0.001]]).repeat(2, 1))
+        u.faar_score_count.fill_(10)
+    sched = PruneSchedule(stop='loss', loss_tol=0.05)
+    for v in (1.0, 1.0):
+        sched.observe_loss(torch.tensor(v))
+    assert sched.step(layer, [], 1) == {'faar_unit': (4, 3)}
+    assert not sched.stopped and u.prefix_masking
+    for v in (1.1, 1.3, float('nan')):  # mean 1.2; a non-finite loss is ignored
+        sched.observe_loss(v)
+    assert sched.step(layer, [], 2) == {} and u.rank == 3
+    assert (sched.stopped, sched.stop_step, sched.stop_reason) == (True, 2, 'loss')
+    assert not u.prefix_masking and not u.scoring and not sched.due(3)
+    fresh = FAARLinear(frozen_linear(6, 6), r=4)
+    again = PruneSchedule(stop='loss')
+    again.load_state_dict(sched.state_dict(), fresh)
+    assert again.stopped and not fresh.faar_unit.prefix_masking and not again.due(5)
+    # 'stable' counts only unchanged prunes whose kept scores are flat
+    stable = PruneSchedule(stop='stable', patience=2, flatness=0.4)
+    layer2 = FAARLinear(frozen_linear(6, 6), r=3, prune_rule='gain')
+    with torch.no_grad():
+        layer2.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 0.5]]).repeat(2, 1))  # 0.3/0.6 = 0.5
+        layer2.faar_unit.faar_score_count.fill_(10)
+    stable.step(layer2, [], 1)
+    assert not stable.stopped and stable.unchanged == 1
+    stable.step(layer2, [], 2)
+    assert stable.stopped and stable.stop_reason == 'stable'
+    uneven = PruneSchedule(stop='stable', patience=1, flatness=0.4)
+    layer3 = FAARLinear(frozen_linear(6, 6), r=3, prune_rule='gain')
+    with torch.no_grad():
+        layer3.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 1.4]]).repeat(2, 1))  # 0.3/0.9 < 0.4
+        layer3.faar_unit.faar_score_count.fill_(10)
+    uneven.step(layer3, [], 1)
+    assert layer3.faar_unit.rank == 3 and not uneven.stopped  # kept, but still fading: not settled
+
+
 # --------------------------------------------------------------------------- checkpoints
 def test_pruned_state_dict_and_optimizer_load_into_initial_rank_model():
     torch.manual_seed(0)
