@@ -12,13 +12,63 @@ Each adapter's low-rank pair lives in a :class:`LowRankUnit` (``faar_A [r, in]``
    the model's own ``train_step``. The hooks run before DDP's reducer marks the gradient ready,
    so they see the rank-local gradient. Scores are smoothed by an EMA (``beta``) with Adam-style
    bias correction per component (components deep in the rank are active in few batches).
-3. **Pruning** (:func:`prune_model`): at the end of every epoch (or every N iterations) keep
-   the fewest top-scored components whose scores cover ``rho`` of the unit's total, and drop
-   the rest for good. The parameter tensors really shrink (new, smaller ``nn.Parameter``
-   objects), the optimizer is fixed up (``param_groups`` references swapped, AdamW
-   ``exp_avg`` / ``exp_avg_sq`` sliced to the kept components), and under DDP the scores are
-   all-reduced first, the decision is broadcast from rank 0, and the DDP wrapper is rebuilt
-   (its buckets were sized for the old parameters).
+3. **Pruning** (:func:`prune_model`): at the end of every epoch (or every N iterations) each
+   unit keeps the components :func:`select_components` chooses and drops the rest for good.
+   The parameter tensors really shrink (new, smaller ``nn.Parameter`` objects), the optimizer
+   is fixed up (``param_groups`` references swapped, AdamW ``exp_avg`` / ``exp_avg_sq`` sliced
+   to the kept components), and under DDP the scores are all-reduced first, the decision is
+   broadcast from rank 0, and the DDP wrapper is rebuilt (its buckets were sized for the old
+   parameters).
+4. **Schedule and stop** (:class:`PruneSchedule`, inside :class:`PDRSHook`): the first prune
+   comes where the lr warm-up ends (while ``B`` is still about 0 the scores say nothing); the
+   pruning stops for good once the ranks have settled, and from then on every unit trains at
+   its kept rank without prefix masking.
+
+Why the defaults (``prune_rule='gain'``, ``gain_threshold=0.25``, ``score_norm='active_mean'``,
+``prune_stop='stable'`` with 3 prunes and flatness 0.4, unmasked after the stop), measured
+with ``benchmarks/faar_rank_recovery.py`` (one FAAR DoRA linear, d = 96, regressing a planted
+rank-k update with a flat spectrum, observation noise 0.01, 40 epochs of 40 steps, 3 warm-up
+epochs, one prune per epoch; fit error ``||W' - W*||_F / ||W* - W||_F``):
+
+* The paper's rule, ``rho = 0.95`` coverage, cannot stop on a flat spectrum: 0.95 of ``k``
+  equal scores needs only ``ceil(0.95 k)`` of them, so it cuts a true component at every prune
+  once ``k >= 20``; and prefix masking inflates low indices (they are active in small prefixes,
+  where the residual and so the gradient is large), so the tail of the true components looks
+  small too. Issue 13 measured truth 24 -> 7 after 30 prunes (relative error 10.6%).
+* ``'gain'`` keeps a component while its score is at least ``gain_threshold`` x the mean kept
+  score (a fixed point). With threshold 0.1 relative to the mean over *all* components (the
+  first version), a long tail of half-trained components holds the mean down and ranks fell
+  slowly (noise-free, 30 epochs, no stop: truth 8 from 64 reached 8 at epoch 22, truth 24 from
+  64 was still 26 at the end); with the kept mean and 0.25 they reached 8 at epoch 13 and 24 at
+  epoch 19, and no run went below its truth. With the stop rule, truths 2 / 8 / 24 from initial
+  ranks 16 / 32 / 64 end at 2 / 8-10 / 24-30 (table below). A flat spectrum is never cut
+  (every score is near the mean).
+* ``score_norm='active_mean'`` divides each batch's scores by their mean over the active
+  prefix, so the batches with a small prefix (large residual) do not dominate the EMA of the
+  low indices.
+* Stop: ranks sit on plateaus early (e.g. 30 for 6 epochs on the way from 32 to 24) while the
+  kept scores are still uneven (lowest / mean about 0.25-0.35); once the truth is reached they
+  are flat (0.45-0.95). So ``'stable'`` needs ``patience`` unchanged prunes *with* flat kept
+  scores (``flatness`` 0.4). ``'loss'`` compares the mean training loss after a prune with the
+  one before: under prefix masking that loss swings by tens of percent between epochs (the
+  share of batches with ``b < k`` varies), and with a 5% tolerance it stopped most runs within a
+  few epochs of the warm-up, above 1.5x the truth (so it is not the default).
+* Prefix masking costs fit: with masking kept on to the end, the fit error was 2-17x that of
+  the same adapter trained without PDRS; trained on unmasked after the stop it is 0.55-0.95x.
+
+The benchmark's table (default options, seed 0; ratio = fit error / unpruned fit error)::
+
+    case    truth  init  final  ratio  stop (epoch)
+    single      2    16      2   0.65  18
+    single      2    32      2   0.62  18
+    single      2    64      2   0.62  15
+    single      8    16      9   0.79  15
+    single      8    32      9   0.66  15
+    single      8    64     10   0.62  16
+    single     24    32     30   0.90   6
+    single     24    64     25   0.68  20
+    multi   2/8/24    32  2/8/24  0.64/0.63/0.79  22
+    multi   2/8/24    64  2/8/24  0.62/0.56/0.67  31
 
 Checkpoints: the smaller tensors are what ``state_dict`` holds. A model built at the initial
 rank loads a pruned checkpoint: :meth:`LowRankUnit._load_from_state_dict` resizes
@@ -29,8 +79,13 @@ in-place resize first sets data of another dtype, which unlinks a gradient accum
 live graph or the old DDP reducer may still hold; otherwise autograd would check the new
 gradients against the old shape.)
 
-Not in paper (chosen; ``beta``, ``score_inactive``, ``keep_order``, ``min_rank`` and the prune
-schedule are :class:`~mtlbench.methods.faar.config.FAARConfig` options):
+Not in paper (chosen; ``beta``, ``score_inactive``, ``keep_order``, ``min_rank``, the prune
+rule, the schedule and the stop rule are :class:`~mtlbench.methods.faar.config.FAARConfig`
+options):
+
+* The prune rule (``'gain'``; the paper's ``'coverage'`` with ``rho``), the score
+  normalisation, when pruning begins (end of the lr warm-up; ``prune_begin`` overrides), when
+  it stops and what happens then (above).
 
 * EMA factor ``beta``: 0.85 (AdaLoRA's smoothing of the same kind of ``|theta * grad|``
   sensitivity, arXiv 2303.10512), with per-component bias correction.
