@@ -52,7 +52,9 @@ Not in paper (each one a :class:`~.config.FAARConfig` option):
   whose shared stream is unused): 3,385,738 parameters at rank 5.
 * Scale of ``B A``: a plain multiplier 4.0 (``scale``, as the pipeline's LoRA), constant under
   prefix masking (not rescaled by ``r / b``); dropout 0.05 on the low-rank path (``dropout``).
-* DoRA norm: exact gradient through ``||W + s B A||`` (``detach_norm=False``).
+* DoRA norm: a constant in backward (``detach_norm=True``), as DoRA's paper (section 4.3)
+  recommends and peft does (outputs and gradients checked against peft's ``DoraLinearLayer``);
+  ``False`` gives the exact gradient through ``||W + s B A||``.
 * PDRS prune rule and stop (evidence and the rank-recovery table in :mod:`.pdrs`; issue 13
   found the paper's literal rule over-prunes a flat spectrum and never stops): a component is
   kept while its score is at least ``gain_threshold = 0.25`` x the mean kept score

@@ -30,8 +30,8 @@ class FAARConfig(MethodConfig):
     dropout: float = field(default=0.05, metadata={'help': 'dropout on the adapter input (low-rank path only)'})
     adapter: str = field(default='dora', metadata={
         'help': "'dora' (magnitude x normalised direction) or 'lora' (the 'PDRS with LoRA' ablation)"})
-    detach_norm: bool = field(default=False, metadata={
-        'help': 'DoRA: treat ||W + sBA|| as a constant in backward (the DoRA paper\'s memory saving)'})
+    detach_norm: bool = field(default=True, metadata={
+        'help': 'DoRA: treat ||W + sBA|| as a constant in backward (DoRA paper section 4.3, peft); False: exact'})
     kinds: Tuple[str, ...] = field(default=LINEAR_KINDS, metadata={
         'help': 'linears with a shared adapter (non-last blocks; in last blocks those not in task_kinds)'})
     task_kinds: Tuple[str, ...] = field(default=LINEAR_KINDS, metadata={
