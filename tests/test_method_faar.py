@@ -77,7 +77,7 @@ def test_configs_load_and_build():
     for ds in ('pascal-context', 'nyudv2'):
         assert {f'faar_swin-t_{ds}.py', f'faar-full_swin-t_{ds}.py', f'faar-dora-r64_swin-t_{ds}.py',
                 f'faar-pdrs-lora_swin-t_{ds}.py', f'faar-pdrs-dora_swin-t_{ds}.py',
-                f'faar-no-xtcons_swin-t_{ds}.py'} <= names
+                f'faar-no-xtcons_swin-t_{ds}.py', f'faar-tspd_swin-t_{ds}.py'} <= names
     seen = {}
     for f in files:
         cfg = Config.fromfile(f)
@@ -92,6 +92,7 @@ def test_configs_load_and_build():
     assert seen['faar-pdrs-lora'] == ('lora', True, False, True, 1)
     assert seen['faar-pdrs-dora'] == ('dora', True, False, True, 1)
     assert seen['faar-no-xtcons'] == ('dora', True, True, False, 1)
+    assert seen['faar-tspd'] == ('lora', False, True, True, 0)  # the paper's "+ TS-PD (2)": TS-PD alone
 
 
 def test_adapt_sites_and_frozen_reductions():

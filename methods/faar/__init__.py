@@ -65,7 +65,7 @@ Not in paper (each one a :class:`~.config.FAARConfig` option):
   changed and every unit's kept scores were flat (lowest >= ``prune_flatness = 0.4`` x mean) for
   ``prune_patience = 3`` prunes (``prune_stop='stable'``; ``'loss'``, ``'stable-or-loss'``,
   ``'never'``); then the adapters train at the kept ranks without prefix masking
-  (``unmask_after_stop``), which brings the fit back to that of an unpruned adapter (0.55-0.95x
+  (``unmask_after_stop``), which brings the fit back to that of an unpruned adapter (0.56-0.90x
   its error in the benchmark, against 2-17x with masking to the end). ``record_extras`` reports
   the stop (``pdrs_stop``).
 * PDRS details: EMA ``beta = 0.85`` with bias correction; components outside the prefix keep
@@ -84,7 +84,9 @@ Not in paper (each one a :class:`~.config.FAARConfig` option):
   non-zero identity; the low-rank ``A`` / ``B`` keep the recipe's 0.05.
 
 Ablation rows (``configs/faar/``): DoRA without PDRS (``pdrs=False, tspd=False``); PDRS with
-LoRA (``adapter='lora', tspd=False``); PDRS + DoRA without TS-PD (``tspd=False``); TS-PD
+LoRA (``adapter='lora', tspd=False``); PDRS + DoRA without TS-PD (``tspd=False``); TS-PD alone,
+the paper's "+ TS-PD (2)" row, each part being added on its own to the MTLoRA r=64 base
+(``faar-tspd``: ``adapter='lora', pdrs=False``, LoRA rank 64 in FAAR's layout); full FAAR
 without XT-Cons (``xtcons=False``).
 """
 from .config import FAARConfig
