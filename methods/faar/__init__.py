@@ -66,7 +66,7 @@ Not in paper (each one a :class:`~.config.FAARConfig` option):
   ``prune_patience = 3`` prunes (``prune_stop='stable'``; ``'loss'``, ``'stable-or-loss'``,
   ``'never'``); then the adapters train at the kept ranks without prefix masking
   (``unmask_after_stop``), which brings the fit back to that of an unpruned adapter (0.56-0.90x
-  its error in the benchmark, against 2-17x with masking to the end). ``record_extras`` reports
+  its error in the benchmark, against 1.8-14x with masking to the end). ``record_extras`` reports
   the stop (``pdrs_stop``).
 * PDRS details: EMA ``beta = 0.85`` with bias correction; components outside the prefix keep
   their EMA (``score_inactive``); kept components keep their order (``keep_order``);
