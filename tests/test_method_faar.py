@@ -615,6 +615,30 @@ def test_prune_schedule_loss_stop_unmasks_and_survives_a_checkpoint():
     assert layer3.faar_unit.rank == 3 and not uneven.stopped  # kept, but still fading: not settled
 
 
+def test_hook_stop_goes_into_the_checkpoint_and_comes_back():
+    """A stop recorded by PDRSHook.before_save_checkpoint is restored by after_load_checkpoint (as
+    mmengine's resume calls it), so a resumed run neither prunes again nor masks."""
+    from mmengine.optim import OptimWrapper
+    layer = FAARLinear(frozen_linear(6, 6), r=4)
+    opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=1e-3)
+    runner = SimpleNamespace(model=layer, optim_wrapper=OptimWrapper(opt), epoch=0, iter=0)
+    hook = PDRSHook()
+    hook.before_train(runner)
+    hook.schedule.finish(layer, 7, 'stable')
+    checkpoint = {'meta': {}}
+    hook.before_save_checkpoint(runner, checkpoint)
+    fresh = FAARLinear(frozen_linear(6, 6), r=4)
+    runner2 = SimpleNamespace(model=fresh, optim_wrapper=OptimWrapper(opt), epoch=7, iter=0)
+    resumed = PDRSHook()
+    resumed.after_load_checkpoint(runner2, checkpoint)
+    resumed.before_train(runner2)
+    assert resumed.schedule.stopped and resumed.schedule.stop_step == 7 and not resumed._due(8)
+    assert not fresh.faar_unit.prefix_masking and not fresh.faar_unit.scoring
+    method = build_method(dict(type='faar'), PASCAL)  # the run record carries the stop
+    method.runner_hooks()[0].schedule.finish(layer, 5, 'loss')
+    assert method.record_extras(layer)['pdrs_stop'] == {'step': 5, 'reason': 'loss'}
+
+
 # --------------------------------------------------------------------------- checkpoints
 def test_pruned_state_dict_and_optimizer_load_into_initial_rank_model():
     torch.manual_seed(0)
