@@ -522,16 +522,53 @@ class SineAWBLinear(AdapterLayer):
         """``M = A W B^T``: ``[out, in, k, k]`` (``[T, out, in, k, k]`` with an independent base)."""
         return fuse_awb(self.awb_A, self.awb_W, self.awb_B, taps_first)
 
-    def task_kernels(self, omega: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Per-task weight updates ``scale * G(sin(w_t M)) / w_ref``: ``[T, out, in, k, k]``."""
+    def sine_argument(self, omega: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """What the sine acts on, ``w_t M``: ``[T, k, k, out, in]``, fp32 with autocast off."""
         omega = self.frequencies() if omega is None else omega
-        m = sine_modulate(self.fused_kernel(taps_first=True), omega.to(self.awb_A.dtype), self.sine)
-        gain = self.scale / self.omega_ref
-        if self.lowpass:                                   # blur the (out, in) axes of every tap
-            m = gaussian_lowpass(m, self.lowpass_size, self.lowpass_sigma, self.lowpass_padding, gain)
-        else:
-            m = m * gain
-        return m.movedim((1, 2), (3, 4))
+        with torch.autocast(self.awb_A.device.type, enabled=False):
+            M = fuse_awb(self.awb_A.float(), self.awb_W.float(), self.awb_B.float(), taps_first=True)
+            return sine_modulate(M, omega.float(), sine=False)
+
+    def _finish(self, z: torch.Tensor, sine: bool) -> torch.Tensor:
+        """``scale * G(f(z)) / w_ref`` with ``f`` the sine or the identity: ``[T, out, in, k, k]``."""
+        with torch.autocast(z.device.type, enabled=False):
+            m = torch.sin(z) if sine else z
+            gain = self.scale / self.omega_ref
+            if self.lowpass:                               # blur the (out, in) axes of every tap
+                m = gaussian_lowpass(m, self.lowpass_size, self.lowpass_sigma, self.lowpass_padding, gain)
+            else:
+                m = m * gain
+            return m.movedim((1, 2), (3, 4))
+
+    def task_kernels(self, omega: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-task weight updates ``scale * G(sin(w_t M)) / w_ref``: ``[T, out, in, k, k]``.
+
+        Computed in fp32 with autocast off: under bf16 autocast the fused product and the sine
+        would otherwise round ``w_t M`` to 8 bits of mantissa before the non-linearity, and the
+        small differences between tasks' kernels (which is all that separates the tasks) would
+        be lost. The (cheap) convolution that applies the kernels still runs in the autocast dtype.
+        """
+        return self._finish(self.sine_argument(omega), self.sine)
+
+    @torch.no_grad()
+    def sine_regime(self) -> Optional[Dict[str, float]]:
+        """Whether the sine acts: ``max_abs_arg`` (max ``|w_t M|``), ``max_rel_gap`` (max over tasks
+        of ``||K_t - L_t|| / ||L_t||``, ``K_t`` the task kernel and ``L_t`` the same kernel with the
+        sine replaced by the identity) and ``mean_task_cosine`` (mean cosine similarity of the
+        task kernels over task pairs). None while the kernel is zero (fresh layer)."""
+        z = self.sine_argument()
+        lin = self._finish(z, False).flatten(1)
+        sin = self._finish(z, True).flatten(1)
+        norms = lin.norm(dim=1)
+        if not bool((norms > 0).all()):
+            return None
+        gap = ((sin - lin).norm(dim=1) / norms).max()
+        unit = F.normalize(sin, dim=1)
+        T = unit.shape[0]
+        cos = unit @ unit.t()
+        mean_cos = cos[~torch.eye(T, dtype=torch.bool, device=cos.device)].mean() if T > 1 else cos.new_ones(())
+        return dict(max_abs_arg=float(z.abs().max()), max_rel_gap=float(gap), mean_task_cosine=float(mean_cos),
+                    kernel_rms=float(self.fused_kernel().float().pow(2).mean().sqrt()))
 
     # ---------------------------------------------------------------- apply
     def _conv_maps(self, x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
@@ -569,7 +606,7 @@ class SineAWBLinear(AdapterLayer):
         base = self.base_layer(shared_in)                 # frozen weight on the shared input
         dropped = self.dropout(x)
         task_in = dropped.expand(T, *x.shape[1:]) if x.shape[0] == 1 else dropped[1:]
-        task_out = base + self._task_update(task_in, self.task_kernels())
+        task_out = base + self._task_update(task_in, self.task_kernels().to(x.dtype))
         shared_out = base
         if self.shared_path == 'plain':
             shared_out = base + self._task_update(dropped[:1], (self.scale * self.fused_kernel()).unsqueeze(0))
@@ -603,12 +640,14 @@ class SharedModulatedConv(MethodModule):
 
     def task_weights(self) -> torch.Tensor:
         """``[T, C_out, C_in]``."""
-        omega = self.frequencies().to(self.weight.dtype).view(-1, 1, 1)
-        if self.modulation == 'sine':
-            return torch.sin(omega * self.weight) / self.omega_ref
-        if self.modulation == 'scale':
-            return omega / self.omega_ref * self.weight
-        return self.weight.expand(omega.shape[0], -1, -1)
+        omega = self.frequencies().float().view(-1, 1, 1)
+        with torch.autocast(self.weight.device.type, enabled=False):   # fp32 sine, as Sine-AWB
+            weight = self.weight.float()
+            if self.modulation == 'sine':
+                return torch.sin(omega * weight) / self.omega_ref
+            if self.modulation == 'scale':
+                return omega / self.omega_ref * weight
+            return weight.expand(omega.shape[0], -1, -1)
 
     def forward(self, x: torch.Tensor, task_index: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``[B, C_in, H, W] -> [B, C_out, H, W]`` for one task (no bias)."""
@@ -753,13 +792,25 @@ class FreeSinewich(Method):
         return SineSharedDecoder(decoder, freq, c.decoder_modulation, c.omega_ref)
 
     def record_extras(self, model: nn.Module) -> Dict[str, Any]:
-        """Current per-task frequencies of every Sine-AWB layer and of the decoder."""
+        """Current per-task frequencies of every Sine-AWB layer and of the decoder, and the sine
+        regime (:meth:`SineAWBLinear.sine_regime`): per layer, and over layers the max ``|w_t M|``,
+        the max sine-vs-linear gap and the mean inter-task kernel cosine."""
         out: Dict[str, Any] = {}
+        layers: Dict[str, Any] = {}
         with torch.no_grad():
             for name, m in model.named_modules():
                 if isinstance(m, (SineAWBLinear, SharedModulatedConv)):
                     try:
                         out[name] = dict(zip(self.tasks, [round(float(w), 6) for w in m.frequencies()]))
+                        if isinstance(m, SineAWBLinear):
+                            layers[name] = m.sine_regime()
                     except RuntimeError:   # 'stage' clocks before any forward
                         continue
-        return {'frequencies': out}
+        live = {n: v for n, v in layers.items() if v is not None}
+        regime: Dict[str, Any] = dict(max_abs_arg=None, max_rel_gap=None, mean_task_cosine=None)
+        if live:
+            regime = dict(max_abs_arg=max(v['max_abs_arg'] for v in live.values()),
+                          max_rel_gap=max(v['max_rel_gap'] for v in live.values()),
+                          mean_task_cosine=sum(v['mean_task_cosine'] for v in live.values()) / len(live))
+        regime['layers'] = layers
+        return {'frequencies': out, 'sine_regime': regime}

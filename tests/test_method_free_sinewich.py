@@ -411,3 +411,49 @@ def test_configs_cover_the_paper_rows():
             cfg = FreeSinewichConfig(**method)
             for k, val in opts.items():
                 assert getattr(cfg, k) == val, (v, k)
+
+
+# ----------------------------------------------------------------------------- precision, regime
+def test_kernels_are_fp32_under_bf16_autocast():
+    """bf16 would round w_t M before the sine; the kernels must match the fp32 ones exactly."""
+    torch.manual_seed(0)
+    cfg = FreeSinewichConfig(r=4, dropout=0.0, clock='fixed')
+    layer = SineAWBLinear(nn.Linear(16, 24), 3, 'fc1', 4, TaskFrequencies(3, 10.0, 1.0, 0.25, False), cfg)
+    with torch.no_grad():
+        layer.awb_A.normal_(0, 0.3)
+    ref = layer.task_kernels()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = layer.task_kernels()
+        out = layer(torch.randn(1, 2, 5, 5, 16))
+    assert got.dtype == torch.float32 and out.shape == (4, 2, 5, 5, 24)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    dec = SineSharedDecoder(MultiTaskDecoder(PASCAL, DATASET_TASKS['pascal_context'], (32, 64, 128, 128),
+                                             (4, 8, 8, 8), (56, 56)), TaskFrequencies(4, 10.0, 1.0, 0.25), 'sine')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert dec.shared_conv.task_weights().dtype == torch.float32
+
+
+def test_sine_regime_by_hand():
+    """Constant kernel pi/15, frequencies 7.5 and 12.5: arguments pi/2 and 5 pi/6."""
+    layer = _hand_layer()
+    reg = layer.sine_regime()
+    assert reg['max_abs_arg'] == pytest.approx(5 * math.pi / 6, rel=1e-6)
+    # |sin z - z| / z: task 0 (1 - pi/2) / (pi/2) in size, task 1 (5 pi/6 - 1/2) / (5 pi/6)
+    assert reg['max_rel_gap'] == pytest.approx(1 - 0.5 / (5 * math.pi / 6), rel=1e-5)
+    assert reg['mean_task_cosine'] == pytest.approx(1.0, abs=1e-6)   # constant kernels are parallel
+    with torch.no_grad():
+        layer.awb_A.zero_()
+    assert layer.sine_regime() is None                               # fresh layer: nothing to measure
+
+
+def test_record_extras_logs_the_sine_regime(toy_model):
+    model = copy.deepcopy(toy_model)
+    assert model.method.record_extras(model)['sine_regime']['max_abs_arg'] is None   # fresh: all zero
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SineAWBLinear):
+                m.awb_A.normal_(0, 0.05)
+    reg = model.method.record_extras(model)['sine_regime']
+    assert len(reg['layers']) == 8
+    assert reg['max_abs_arg'] == max(v['max_abs_arg'] for v in reg['layers'].values())
+    assert -1 <= reg['mean_task_cosine'] <= 1 and reg['max_rel_gap'] > 0
