@@ -115,7 +115,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +153,9 @@ class FreeSinewichConfig(MethodConfig):
     conv_kernel: int = field(default=3, metadata={'help': 'spatial size k of the rank-space conv prior W [r, r, k, k]'})
     prior_init: str = field(default='identity', metadata={'help': "W init: 'identity' (centre tap) or 'kaiming'"})
     sine: bool = field(default=True, metadata={'help': 'M_t = sin(w_t M); False: M_t = w_t M (w/o sine ablation)'})
+    sine_norm: str = field(default='reference', metadata={'help': "where the sine acts: 'rms' (argument normalised by rms(M)), "
+                                                        "'reference' (w_t M / w_ref), 'fan_in' (sin(w_t M) / sqrt(fan-in))"})
+    sine_rms_arg: float = field(default=2.0, metadata={'help': "sine_norm='rms': sine argument at one rms of M for w_t = w_ref"})
     lowpass: bool = field(default=True, metadata={'help': 'Gaussian low-pass of M_t (False: w/o low-pass ablation)'})
     lowpass_size: int = field(default=7, metadata={'help': 'Gaussian window side'})
     lowpass_sigma: float = field(default=1.0, metadata={'help': 'Gaussian sigma'})
@@ -187,12 +190,15 @@ class FreeSinewichConfig(MethodConfig):
                              f'got {self.lowpass_size}, {self.lowpass_sigma}')
         choices = dict(prior_init=('identity', 'kaiming'), lowpass_padding=('reflect', 'replicate', 'zeros'),
                        clock=('net', 'learned', 'fixed'), clock_source=('embedding', 'stage'),
-                       shared_path=('frozen', 'plain'), decoder_modulation=('sine', 'scale', 'none'))
+                       shared_path=('frozen', 'plain'), decoder_modulation=('sine', 'scale', 'none'),
+                       sine_norm=('rms', 'reference', 'fan_in'))
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f'{name} must be one of {valid}, got {getattr(self, name)!r}')
         if self.omega_scale_init * self.omega_offset_init <= 0:
             raise ValueError('omega_scale_init * omega_offset_init (the reference frequency) must be positive')
+        if self.sine_rms_arg <= 0:
+            raise ValueError(f'sine_rms_arg must be positive, got {self.sine_rms_arg}')
         if self.tokens_per_task < 1:
             raise ValueError(f'tokens_per_task must be >= 1, got {self.tokens_per_task}')
         if self.shared_path == 'plain' and self.independent_base:
@@ -498,6 +504,7 @@ class SineAWBLinear(AdapterLayer):
         self.k = cfg.conv_kernel
         self.scale, self.omega_ref = cfg.scale, cfg.omega_ref
         self.sine, self.lowpass = cfg.sine, cfg.lowpass
+        self.sine_norm, self.sine_rms_arg = cfg.sine_norm, cfg.sine_rms_arg
         self.lowpass_size, self.lowpass_sigma, self.lowpass_padding = cfg.lowpass_size, cfg.lowpass_sigma, cfg.lowpass_padding
         self.independent = cfg.independent_base
         self.shared_path = cfg.shared_path
@@ -522,22 +529,42 @@ class SineAWBLinear(AdapterLayer):
         """``M = A W B^T``: ``[out, in, k, k]`` (``[T, out, in, k, k]`` with an independent base)."""
         return fuse_awb(self.awb_A, self.awb_W, self.awb_B, taps_first)
 
-    def sine_argument(self, omega: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """What the sine acts on, ``w_t M``: ``[T, k, k, out, in]``, fp32 with autocast off."""
+    def sine_argument(self, omega: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """What the sine acts on and the factor after it (``sine_norm``), fp32 with autocast off.
+
+        Returns ``z [T, k, k, out, in]`` and ``nu`` (``[T or 1, 1, 1, 1, 1]``) such that the task
+        kernel is ``gain * nu * G(sin(z))`` and its linearisation ``gain * nu * G(z)`` does not
+        depend on ``nu``: ``'reference'`` and ``'fan_in'`` ``z = w_t M``, ``nu = 1``; ``'rms'``
+        ``z = w_t M / nu`` with ``nu = rms(M) w_ref / kappa``.
+        """
         omega = self.frequencies() if omega is None else omega
         with torch.autocast(self.awb_A.device.type, enabled=False):
             M = fuse_awb(self.awb_A.float(), self.awb_W.float(), self.awb_B.float(), taps_first=True)
-            return sine_modulate(M, omega.float(), sine=False)
+            z = sine_modulate(M, omega.float(), sine=False)
+            if self.sine_norm != 'rms':
+                return z, z.new_ones((1, 1, 1, 1, 1))
+            ms = M.pow(2).flatten(-4).mean(-1) if self.independent else M.pow(2).mean().view(1)
+            nu = (ms + self._RMS_EPS ** 2).sqrt().view(-1, 1, 1, 1, 1) * (self.omega_ref / self.sine_rms_arg)
+            return z / nu, nu
 
-    def _finish(self, z: torch.Tensor, sine: bool) -> torch.Tensor:
-        """``scale * G(f(z)) / w_ref`` with ``f`` the sine or the identity: ``[T, out, in, k, k]``."""
+    _RMS_EPS = 1e-12
+
+    @property
+    def _gain(self) -> float:
+        if self.sine_norm == 'fan_in':
+            return 1.0 / math.sqrt(self.in_features * self.k * self.k)
+        return self.scale / self.omega_ref
+
+    def _finish(self, z: torch.Tensor, nu: torch.Tensor, sine: bool) -> torch.Tensor:
+        """``gain * nu * G(f(z))`` with ``f`` the sine or the identity: ``[T, out, in, k, k]``."""
         with torch.autocast(z.device.type, enabled=False):
             m = torch.sin(z) if sine else z
-            gain = self.scale / self.omega_ref
             if self.lowpass:                               # blur the (out, in) axes of every tap
-                m = gaussian_lowpass(m, self.lowpass_size, self.lowpass_sigma, self.lowpass_padding, gain)
+                m = gaussian_lowpass(m, self.lowpass_size, self.lowpass_sigma, self.lowpass_padding, self._gain)
             else:
-                m = m * gain
+                m = m * self._gain
+            if self.sine_norm == 'rms':
+                m = m * nu
             return m.movedim((1, 2), (3, 4))
 
     def task_kernels(self, omega: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -548,7 +575,7 @@ class SineAWBLinear(AdapterLayer):
         small differences between tasks' kernels (which is all that separates the tasks) would
         be lost. The (cheap) convolution that applies the kernels still runs in the autocast dtype.
         """
-        return self._finish(self.sine_argument(omega), self.sine)
+        return self._finish(*self.sine_argument(omega), self.sine)
 
     @torch.no_grad()
     def sine_regime(self) -> Optional[Dict[str, float]]:
@@ -556,9 +583,9 @@ class SineAWBLinear(AdapterLayer):
         of ``||K_t - L_t|| / ||L_t||``, ``K_t`` the task kernel and ``L_t`` the same kernel with the
         sine replaced by the identity) and ``mean_task_cosine`` (mean cosine similarity of the
         task kernels over task pairs). None while the kernel is zero (fresh layer)."""
-        z = self.sine_argument()
-        lin = self._finish(z, False).flatten(1)
-        sin = self._finish(z, True).flatten(1)
+        z, nu = self.sine_argument()
+        lin = self._finish(z, nu, False).flatten(1)
+        sin = self._finish(z, nu, True).flatten(1)
         norms = lin.norm(dim=1)
         if not bool((norms > 0).all()):
             return None
@@ -568,7 +595,9 @@ class SineAWBLinear(AdapterLayer):
         cos = unit @ unit.t()
         mean_cos = cos[~torch.eye(T, dtype=torch.bool, device=cos.device)].mean() if T > 1 else cos.new_ones(())
         return dict(max_abs_arg=float(z.abs().max()), max_rel_gap=float(gap), mean_task_cosine=float(mean_cos),
-                    kernel_rms=float(self.fused_kernel().float().pow(2).mean().sqrt()))
+                    kernel_rms=float(self.fused_kernel().float().pow(2).mean().sqrt()),
+                    A_rms=float(self.awb_A.float().pow(2).mean().sqrt()),
+                    W_rms=float(self.awb_W.float().pow(2).mean().sqrt()))
 
     # ---------------------------------------------------------------- apply
     def _conv_maps(self, x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:

@@ -148,10 +148,10 @@ def test_fuse_awb_is_A_W_Bt_per_tap():
     torch.testing.assert_close(sine_modulate(M, omega, sine=False), torch.stack([0.5 * M, 2.0 * M]))
 
 
-def _hand_layer(padding='reflect', sine=True, lowpass=True):
+def _hand_layer(padding='reflect', sine=True, lowpass=True, sine_norm='reference'):
     """1x1 Sine-AWB on Linear(8, 6) whose fused kernel is the constant pi / 15 (r = 1)."""
     cfg = FreeSinewichConfig(r=1, conv_kernel=1, dropout=0.0, clock='fixed', lowpass_padding=padding,
-                             sine=sine, lowpass=lowpass)
+                             sine=sine, lowpass=lowpass, sine_norm=sine_norm)
     freq = TaskFrequencies(2, cfg.omega_scale_init, cfg.omega_offset_init, cfg.omega_spread, learnable=False)
     layer = SineAWBLinear(nn.Linear(8, 6), 2, 'fc1', 1, freq, cfg)
     with torch.no_grad():
@@ -457,3 +457,22 @@ def test_record_extras_logs_the_sine_regime(toy_model):
     assert len(reg['layers']) == 8
     assert reg['max_abs_arg'] == max(v['max_abs_arg'] for v in reg['layers'].values())
     assert -1 <= reg['mean_task_cosine'] <= 1 and reg['max_rel_gap'] > 0
+
+
+def test_rms_normalisation_by_hand():
+    """sine_norm='rms': z = w_t M / nu with nu = rms(M) w_ref / kappa, update gain * nu * sin(z);
+    the linearisation is the 'reference' one, and the update scales with M (sin is odd)."""
+    ref, layer = _hand_layer(lowpass=False), _hand_layer(lowpass=False, sine_norm='rms')
+    with torch.no_grad():
+        for m in (ref, layer):
+            m.awb_A.copy_(torch.tensor([1.0, -1.0, 2.0, 0.5, 0.0, -3.0]).view(6, 1))
+    M = torch.tensor([1.0, -1.0, 2.0, 0.5, 0.0, -3.0]).view(6, 1).expand(6, 8)
+    nu = math.sqrt((1 + 1 + 4 + 0.25 + 0 + 9) / 6) * 10.0 / 2.0           # kappa = 2 (default)
+    for t, w in enumerate((7.5, 12.5)):
+        torch.testing.assert_close(layer.task_kernels()[t, :, :, 0, 0], 0.4 * nu * torch.sin(w * M / nu))
+    z, nu_t = layer.sine_argument()
+    torch.testing.assert_close(layer._finish(z, nu_t, False), ref._finish(*ref.sine_argument(), False))
+    k = layer.task_kernels()
+    with torch.no_grad():
+        layer.awb_A.mul_(1e-3)
+    torch.testing.assert_close(layer.task_kernels(), 1e-3 * k)
