@@ -27,9 +27,11 @@ What the method computes (on the MTLoRA pipeline, ``shared/reference/mtlora.md``
   ``dW_t = scale * G * M_t / w_ref``. Task stream ``t`` = frozen layer output on the shared input
   + ``dW_t`` applied (k x k convolution over the stage's token map) to the task input. ``A``,
   ``W``, ``B`` are shared by all tasks; only ``w_t`` differs.
-* **Clock Net** (:class:`ClockNet`, one per Sine-AWB layer): ``w_t = s (tanh(w . ReLU(p_t)) + c)``
-  from task ``t``'s token ``p_t``, with ``w`` a vector and scalars ``s``, ``c`` shared by tasks:
-  one bounded frequency per task, in ``s (c - 1, c + 1)``.
+* **Clock Net** (:class:`ClockNet`, one per Sine-AWB layer and one for the decoder):
+  ``w_t = s (tanh(w . ReLU(U p_t + u) + b) + c)`` from task ``t``'s token ``p_t`` as it enters the
+  block (the stage's task token; the decoder's reads the last stage's), with ``U [hidden, C]``,
+  ``u``, ``w``, ``b`` and scalars ``s``, ``c`` shared by tasks: one bounded frequency per task, in
+  ``s (c - 1, c + 1)``.
 * **Shared decoder** (:class:`SineSharedDecoder`): per-task channel downsamplers as in MTLoRA;
   the HRNet heads' 270->1080 1x1 conv weight is one tensor shared by all tasks and modulated by
   the task frequency of a decoder Clock Net (``W_t = sin(w_t W) / w_ref``), followed by a
@@ -47,11 +49,21 @@ initial frequency), so that for small ``w M`` the update is ``(w_t / w_ref) scal
 with MTLoRA's scale 4 (``scale``, ``omega_scale_init``, ``omega_offset_init``).
 Not in paper: the blur axes and border; chosen: the (out, in) axes of every tap of ``M_t``,
 separable, reflect padding (``lowpass_padding``), so a constant kernel stays constant.
-Not in paper: what the Clock Net reads; chosen: the learnable task-token embedding itself
-(``clock_source='embedding'``), so ``w_t`` is one number per task, independent of the image and
-of the batch, and ``M_t`` can be cached at inference ("near-zero-cost switching").
-``clock_source='stage'`` reads instead the task token entering the block, averaged over the
-batch (frequencies then depend on the batch's composition).
+Clock Net input (paper: the task token of the stage); chosen: the task token entering the
+block, taken on the shared stream and averaged over the batch (``clock_source='stage'``): one
+kernel per task and batch, since per-image kernels would cost ``B`` times the kernel memory
+(``B x T x out x in x k^2``). Frequencies then depend on the image (and, in a batch, on its
+composition: evaluate with a fixed batch size). ``clock_source='embedding'`` reads the learned
+token embedding instead (image-independent, cacheable, but the Clock Net is then only a
+re-parametrised per-task frequency, and its ablation is empty: 846 parameters).
+Not in paper: the Clock Net's width; chosen: one hidden layer of width 5 (``clock_hidden``) on the
+stage's token. The paper's "w/o Clock Net" row (6.51M vs 6.53M: 0.02M, between 0.01M and 0.03M
+given the rounding) implies about 20k parameters in the 9 Clock Nets; width ``h`` costs
+``(2880 + 768) h + 9 (2h + 3)`` (token widths 2 x (96 + 192 + 384 + 768) for the 8 Sine-AWB
+clocks, 768 for the decoder's), i.e. 18,357 at h = 5 and 22,023 at h = 6 (minus the 36
+frequencies that replace them: 18,321 and 21,987); 5 is the closest to 20k.
+``clock_hidden=0`` is the printed formula read with ``w`` acting on ``ReLU(p_t)`` directly
+(``C + 2`` parameters per clock).
 Not in paper: initial frequencies; chosen: ``s_0 = 10``, ``c_0 = 1``, ``w`` truncated normal std
 0.02 (tasks start near 10 with distinct values). Without the Clock Net (``clock='learned'`` or
 ``'fixed'``) the frequencies start evenly spread over ``s_0 (c_0 +- 0.25)``.
@@ -161,7 +173,9 @@ class FreeSinewichConfig(MethodConfig):
     lowpass_sigma: float = field(default=1.0, metadata={'help': 'Gaussian sigma'})
     lowpass_padding: str = field(default='reflect', metadata={'help': "border of the blur: 'reflect', 'replicate', 'zeros'"})
     clock: str = field(default='net', metadata={'help': "'net' (Clock Net), 'learned' or 'fixed' per-task frequencies"})
-    clock_source: str = field(default='embedding', metadata={'help': "Clock Net input: 'embedding' or 'stage' (batch mean)"})
+    clock_source: str = field(default='stage', metadata={'help': "Clock Net input: 'stage' (the task token entering the "
+                                                             "block, batch mean) or 'embedding' (the learned token)"})
+    clock_hidden: int = field(default=5, metadata={'help': 'hidden width of the Clock Net (0: w . ReLU(p_t), no hidden layer)'})
     omega_scale_init: float = field(default=10.0, metadata={'help': 'initial s of the Clock Net'})
     omega_offset_init: float = field(default=1.0, metadata={'help': 'initial c of the Clock Net'})
     clock_w_std: float = field(default=0.02, metadata={'help': 'std of the Clock Net vector w at init'})
@@ -199,6 +213,8 @@ class FreeSinewichConfig(MethodConfig):
             raise ValueError('omega_scale_init * omega_offset_init (the reference frequency) must be positive')
         if self.sine_rms_arg <= 0:
             raise ValueError(f'sine_rms_arg must be positive, got {self.sine_rms_arg}')
+        if self.clock_hidden < 0:
+            raise ValueError(f'clock_hidden must be >= 0, got {self.clock_hidden}')
         if self.tokens_per_task < 1:
             raise ValueError(f'tokens_per_task must be >= 1, got {self.tokens_per_task}')
         if self.shared_path == 'plain' and self.independent_base:
@@ -409,10 +425,12 @@ class TokenUpdate(MethodModule):
 
 # --------------------------------------------------------------------------- frequencies
 class ClockNet(MethodModule):
-    """Lightweight Clock Net: ``w_t = s * (tanh(w . ReLU(p_t)) + c)``, one frequency per task.
+    """Lightweight Clock Net: ``w_t = s * (tanh(w . ReLU(h(p_t)) + b) + c)``, one frequency per task.
 
-    ``w [C]``, ``s`` and ``c`` are shared by the tasks; the output is bounded in
-    ``s * (c - 1, c + 1)``.
+    ``h(p) = U p + u`` is a ``Linear(C, hidden)`` (``hidden=0``: ``h`` is the identity and there is
+    no ``b``: the paper's printed formula read with ``w`` acting on the token itself). ``U``,
+    ``u``, ``w [hidden or C]``, ``b``, ``s`` and ``c`` are shared by the tasks; the output is
+    bounded in ``s * (c - 1, c + 1)``.
 
     Args:
         dim: token width ``C``.
@@ -420,23 +438,44 @@ class ClockNet(MethodModule):
         s_init: initial ``s``.
         c_init: initial ``c``.
         w_std: std of the truncated-normal init of ``w``.
+        hidden: width of ``h`` (0: none).
     """
 
     def __init__(self, dim: int, state: _TokenState, s_init: float = 10.0, c_init: float = 1.0,
-                 w_std: float = 0.02) -> None:
+                 w_std: float = 0.02, hidden: int = 0) -> None:
         super().__init__()
-        self.clock_w = nn.Parameter(torch.empty(dim))
+        self.hidden = nn.Linear(dim, hidden) if hidden else None
+        self.clock_w = nn.Parameter(torch.empty(hidden or dim))
         trunc_normal_(self.clock_w, std=w_std)
+        self.clock_b = nn.Parameter(torch.zeros(())) if hidden else None
         self.clock_s = nn.Parameter(torch.tensor(float(s_init)))
         self.clock_c = nn.Parameter(torch.tensor(float(c_init)))
         self._state = state
+        self.last: Optional[torch.Tensor] = None
 
     def frequencies(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[T, C]`` task tokens -> ``[T]`` frequencies."""
-        return self.clock_s * (torch.tanh(F.relu(tokens) @ self.clock_w) + self.clock_c)
+        if self.hidden is None:
+            return self.clock_s * (torch.tanh(F.relu(tokens) @ self.clock_w) + self.clock_c)
+        z = F.relu(self.hidden(tokens)) @ self.clock_w + self.clock_b
+        return self.clock_s * (torch.tanh(z) + self.clock_c)
 
     def forward(self) -> torch.Tensor:
-        return self.frequencies(self._state.task_tokens())
+        omega = self.frequencies(self._state.task_tokens())
+        self.last = omega.detach()
+        return omega
+
+    def current(self) -> Optional[torch.Tensor]:
+        """Frequencies for reporting: recomputed from the embedding, or (``'stage'`` source, whose
+        tokens exist only during a forward) those of the latest forward; None before any."""
+        if self._state.source == 'embedding':
+            return self().detach()
+        return self.last
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state['last'] = None
+        return state
 
 
 class TaskFrequencies(MethodModule):
@@ -463,10 +502,13 @@ class TaskFrequencies(MethodModule):
     def forward(self) -> torch.Tensor:
         return self.omega
 
+    def current(self) -> torch.Tensor:
+        return self.omega.detach()
+
 
 def _build_frequencies(cfg: FreeSinewichConfig, num_tasks: int, dim: int, state: _TokenState) -> nn.Module:
     if cfg.clock == 'net':
-        return ClockNet(dim, state, cfg.omega_scale_init, cfg.omega_offset_init, cfg.clock_w_std)
+        return ClockNet(dim, state, cfg.omega_scale_init, cfg.omega_offset_init, cfg.clock_w_std, cfg.clock_hidden)
     return TaskFrequencies(num_tasks, cfg.omega_scale_init, cfg.omega_offset_init, cfg.omega_spread,
                            learnable=cfg.clock == 'learned')
 
@@ -578,12 +620,16 @@ class SineAWBLinear(AdapterLayer):
         return self._finish(*self.sine_argument(omega), self.sine)
 
     @torch.no_grad()
-    def sine_regime(self) -> Optional[Dict[str, float]]:
+    def sine_regime(self, omega: Optional[torch.Tensor] = None) -> Optional[Dict[str, float]]:
         """Whether the sine acts: ``max_abs_arg`` (max ``|w_t M|``), ``max_rel_gap`` (max over tasks
         of ``||K_t - L_t|| / ||L_t||``, ``K_t`` the task kernel and ``L_t`` the same kernel with the
         sine replaced by the identity) and ``mean_task_cosine`` (mean cosine similarity of the
-        task kernels over task pairs). None while the kernel is zero (fresh layer)."""
-        z, nu = self.sine_argument()
+        task kernels over task pairs). None while the kernel is zero (fresh layer) or the
+        frequencies are not known (``'stage'`` clock before a forward)."""
+        omega = self.frequencies.current() if omega is None else omega
+        if omega is None:
+            return None
+        z, nu = self.sine_argument(omega)
         lin = self._finish(z, nu, False).flatten(1)
         sin = self._finish(z, nu, True).flatten(1)
         norms = lin.norm(dim=1)
@@ -829,12 +875,12 @@ class FreeSinewich(Method):
         with torch.no_grad():
             for name, m in model.named_modules():
                 if isinstance(m, (SineAWBLinear, SharedModulatedConv)):
-                    try:
-                        out[name] = dict(zip(self.tasks, [round(float(w), 6) for w in m.frequencies()]))
-                        if isinstance(m, SineAWBLinear):
-                            layers[name] = m.sine_regime()
-                    except RuntimeError:   # 'stage' clocks before any forward
+                    omega = m.frequencies.current()
+                    if omega is None:      # 'stage' clocks before any forward
                         continue
+                    out[name] = dict(zip(self.tasks, [round(float(w), 6) for w in omega]))
+                    if isinstance(m, SineAWBLinear):
+                        layers[name] = m.sine_regime(omega)
         live = {n: v for n, v in layers.items() if v is not None}
         regime: Dict[str, Any] = dict(max_abs_arg=None, max_rel_gap=None, mean_task_cosine=None)
         if live:

@@ -41,13 +41,13 @@ def expected_count(r: int, outs=(21, 7, 1, 3), clock: str = 'net', independent: 
     awb = 10 * r * C_LAST + 8 * 9 * r * r                      # fc1/fc2 factors + 3x3 rank-space priors
     awb *= T if independent else 1
     reductions = 6 * r * (96 + 192 + 384)                      # LoRA on the frozen PatchMerging reductions
-    clocks = 8 * (96 + 2) if clock == 'net' else 8 * T
+    clocks = 2 * sum(5 * C + 13 for C in (96, 192, 384, 768)) if clock == 'net' else 8 * T   # hidden 5 on the stage token
     tokens = T * 96 + 2 * (96 ** 2 + 192 ** 2 + 384 ** 2)      # task tokens + Linear(C, 2C) merges
     other = 4_896 + 23_040 + 23_322                            # patch embed, LayerNorms, rel-pos tables
     downsamplers = T * (192 * 18 + 384 * 36 + 768 * 72 + 768 * 144)
     if shared_decoder:
         decoder = downsamplers + 270 * 1080 + sum(1080 + 2160 + 1081 * o for o in outs)
-        decoder += (96 + 2) if clock == 'net' else T
+        decoder += (5 * 768 + 13) if clock == 'net' else T
     else:
         decoder = downsamplers + sum(270 * 1080 + 1080 + 2160 + 1081 * o for o in outs)
     return lora + awb + reductions + clocks + tokens + other + decoder
@@ -96,16 +96,16 @@ def test_counts_match_the_paper_within_2_percent(tiny_backbone, row):
 
 def test_exact_totals_as_documented():
     # the module docstring's table
-    assert expected_count(64) == 6_586_364 and expected_count(32) == 3_975_164
-    assert expected_count(64, independent=True) == 10_235_900
+    assert expected_count(64) == 6_603_839 and expected_count(32) == 3_992_639
+    assert expected_count(64, independent=True) == 10_253_375
     assert expected_count(64, clock='learned') == 6_585_518
-    assert expected_count(64, shared_decoder=False) == 7_461_066
+    assert expected_count(64, shared_decoder=False) == 7_474_786
 
 
 def test_nyud_counts(tiny_backbone):
     counts = _breakdown(tiny_backbone, 'nyudv2')
-    assert counts['total_trainable'] == expected_count(64, outs=(40, 1, 3)) == 6_412_832
-    assert counts['decoder'] == 3 * 183_168 + 291_600 + 3 * 3_240 + 1081 * (40 + 1 + 3) + 98
+    assert counts['total_trainable'] == expected_count(64, outs=(40, 1, 3)) == 6_430_307
+    assert counts['decoder'] == 3 * 183_168 + 291_600 + 3 * 3_240 + 1081 * (40 + 1 + 3) + 5 * 768 + 13
 
 
 # ----------------------------------------------------------------------------- hand math
@@ -216,7 +216,7 @@ def test_sine_awb_forward_against_explicit_convolutions():
 
 def test_clock_net_formula_by_hand():
     state = _TokenState(None, 2, 1, 'embedding')
-    clock = ClockNet(3, state, s_init=2.0, c_init=0.5)
+    clock = ClockNet(3, state, s_init=2.0, c_init=0.5, hidden=0)
     with torch.no_grad():
         clock.clock_w.copy_(torch.tensor([1.0, -2.0, 0.5]))
     tokens = torch.tensor([[1.0, -1.0, 2.0], [0.0, 3.0, -4.0]])
@@ -233,6 +233,37 @@ def test_clock_net_formula_by_hand():
     state.record(prompts)
     p = prompts[0].mean(0).view(2, 2, 3).mean(1)
     torch.testing.assert_close(clock(), clock.frequencies(p))
+    torch.testing.assert_close(clock.current(), clock.frequencies(p))   # the latest forward's, for records
+
+
+def test_clock_net_hidden_layer_by_hand():
+    """hidden=2: w_t = s (tanh(w . ReLU(U p_t + u) + b) + c)."""
+    state = _TokenState(None, 2, 1, 'stage')
+    clock = ClockNet(3, state, s_init=2.0, c_init=0.5, hidden=2)
+    with torch.no_grad():
+        clock.hidden.weight.copy_(torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.5]]))
+        clock.hidden.bias.copy_(torch.tensor([0.0, -1.0]))
+        clock.clock_w.copy_(torch.tensor([2.0, -1.0]))
+        clock.clock_b.fill_(0.25)
+    tokens = torch.tensor([[1.0, 2.0, 3.0], [3.0, 0.0, 1.0]])
+    # token 0: U p + u = [-2, 2] -> ReLU [0, 2] -> w . = -2 ; token 1: [2, 1] -> [2, 1] -> 3
+    expected = torch.tensor([2 * (math.tanh(-2 + 0.25) + 0.5), 2 * (math.tanh(3 + 0.25) + 0.5)])
+    torch.testing.assert_close(clock.frequencies(tokens), expected)
+    assert sum(p.numel() for p in clock.parameters()) == 3 * 2 + 2 + 2 + 1 + 2
+
+
+def test_clock_nets_read_the_stage_token(toy_model):
+    """Default clocks read the task token entering their block: changing the image changes the
+    tokens after stage 1, hence the frequencies; the embedding itself is not what they read."""
+    model = copy.deepcopy(toy_model).eval()
+    fc1 = model.backbone.get_submodule('layers.2.blocks.1.mlp.fc1')
+    assert fc1.frequencies.hidden.in_features == model.backbone.layers[2].dim
+    with torch.no_grad():
+        model.backbone(torch.randn(1, 3, 224, 224))
+        a = fc1.frequencies.current().clone()
+        model.backbone(torch.randn(1, 3, 224, 224))
+        b = fc1.frequencies.current().clone()
+    assert not torch.allclose(a, b)
 
 
 # ----------------------------------------------------------------------------- shared decoder
@@ -447,7 +478,10 @@ def test_sine_regime_by_hand():
 
 
 def test_record_extras_logs_the_sine_regime(toy_model):
-    model = copy.deepcopy(toy_model)
+    model = copy.deepcopy(toy_model).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        model(x)                     # 'stage' clocks report the frequencies of the latest forward
     assert model.method.record_extras(model)['sine_regime']['max_abs_arg'] is None   # fresh: all zero
     with torch.no_grad():
         for m in model.modules():
