@@ -28,29 +28,18 @@ CONFIGS = Path(__file__).resolve().parents[1] / 'configs' / 'free_sinewich'
 
 
 # ----------------------------------------------------------------------------- counts
-C_LAST = 96 + 192 + 384 + 768            # C summed over the last block of each stage
-C_OTHER = 2 * 96 + 2 * 192 + 6 * 384 + 2 * 768 - C_LAST   # over all other blocks (2976)
+# The paper's totals (PASCAL-Context, Swin-T, incl. decoders) are given to 0.01M, so each is
+# uncertain by +-0.005M and a difference of two by +-0.01M.
+ROUNDING = 0.005e6
+PAPER = {'r64': 6.53e6, 'r32': 4.04e6, 'no-clock': 6.51e6, 'no-lowpass': 6.53e6, 'no-sine': 6.53e6,
+         'indep-base': 10.22e6, 'indep-decoder': 7.41e6}
+ROW_OPTIONS = {'r64': dict(), 'r32': dict(r=32), 'no-clock': dict(clock='learned'), 'no-lowpass': dict(lowpass=False),
+               'no-sine': dict(sine=False), 'indep-base': dict(independent_base=True),
+               'indep-decoder': dict(shared_decoder=False)}
+#: The paper's totals minus ours, the same for every row (the slope matches; see the module
+#: docstring): the constant part of the reported counts this reconstruction does not explain.
+CONSTANT_SHORTFALL = 0.18e6
 MTLORA_DECODER = 1_946_624
-
-
-def expected_count(r: int, outs=(21, 7, 1, 3), clock: str = 'net', independent: bool = False,
-                   shared_decoder: bool = True) -> int:
-    """The docstring's arithmetic (Swin-T, 448, default options)."""
-    T = len(outs)
-    lora = 16 * r * C_OTHER + 6 * r * C_LAST                  # non-last blocks; qkv + proj of last blocks
-    awb = 10 * r * C_LAST + 8 * 9 * r * r                      # fc1/fc2 factors + 3x3 rank-space priors
-    awb *= T if independent else 1
-    reductions = 6 * r * (96 + 192 + 384)                      # LoRA on the frozen PatchMerging reductions
-    clocks = 2 * sum(5 * C + 13 for C in (96, 192, 384, 768)) if clock == 'net' else 8 * T   # hidden 5 on the stage token
-    tokens = T * 96 + 2 * (96 ** 2 + 192 ** 2 + 384 ** 2)      # task tokens + Linear(C, 2C) merges
-    other = 4_896 + 23_040 + 23_322                            # patch embed, LayerNorms, rel-pos tables
-    downsamplers = T * (192 * 18 + 384 * 36 + 768 * 72 + 768 * 144)
-    if shared_decoder:
-        decoder = downsamplers + 270 * 1080 + sum(1080 + 2160 + 1081 * o for o in outs)
-        decoder += (5 * 768 + 13) if clock == 'net' else T
-    else:
-        decoder = downsamplers + sum(270 * 1080 + 1080 + 2160 + 1081 * o for o in outs)
-    return lora + awb + reductions + clocks + tokens + other + decoder
 
 
 @pytest.fixture(scope='module')
@@ -69,42 +58,60 @@ def _breakdown(tiny_backbone, dataset='pascal_context', **options):
     return param_breakdown(backbone, decoder)
 
 
-# (options, reported total in M, exact count of this implementation)
-PAPER_ROWS = {
-    'r64': (dict(), 6.53, expected_count(64)),
-    'r32': (dict(r=32), 4.04, expected_count(32)),
-    'no-clock': (dict(clock='learned'), 6.51, expected_count(64, clock='learned')),
-    'no-lowpass': (dict(lowpass=False), 6.53, expected_count(64)),
-    'no-sine': (dict(sine=False), 6.53, expected_count(64)),
-    'indep-base': (dict(independent_base=True), 10.22, expected_count(64, independent=True)),
-    'indep-decoder': (dict(shared_decoder=False), 7.41, expected_count(64, shared_decoder=False)),
-}
+@pytest.fixture(scope='module')
+def totals(tiny_backbone):
+    return {row: _breakdown(tiny_backbone, **opts)['total_trainable'] for row, opts in ROW_OPTIONS.items()}
 
 
-@pytest.mark.parametrize('row', list(PAPER_ROWS))
-def test_counts_match_the_paper_within_2_percent(tiny_backbone, row):
-    options, reported, exact = PAPER_ROWS[row]
-    counts = _breakdown(tiny_backbone, **options)
-    assert counts['total_trainable'] == exact
-    assert abs(counts['total_trainable'] / (reported * 1e6) - 1) < 0.02, (row, counts)
-    assert counts['backbone_other'] == 51_258            # reductions frozen (they carry a LoRA instead)
-    if options.get('shared_decoder', True):
-        assert abs(counts['decoder'] / 1.07e6 - 1) < 0.02
-    else:
-        assert counts['decoder'] == MTLORA_DECODER
+def test_rank_slope_matches_the_paper(totals):
+    """T(64) - T(32) is what the rank-dependent parts cost: 2.49M in the paper, +-0.01M rounding."""
+    assert abs((totals['r64'] - totals['r32']) - (PAPER['r64'] - PAPER['r32'])) <= 2 * ROUNDING
 
 
-def test_exact_totals_as_documented():
-    # the module docstring's table
-    assert expected_count(64) == 6_603_839 and expected_count(32) == 3_992_639
-    assert expected_count(64, independent=True) == 10_253_375
-    assert expected_count(64, clock='learned') == 6_585_518
-    assert expected_count(64, shared_decoder=False) == 7_474_786
+@pytest.mark.parametrize('row', ['no-clock', 'no-lowpass', 'no-sine', 'indep-decoder'])
+def test_ablation_differences_match_the_paper(totals, row):
+    """Each ablation row minus the r = 64 row, within the +-0.01M of two rounded figures (the
+    Clock Nets: 0.02M, i.e. 10k-30k parameters)."""
+    assert abs((totals[row] - totals['r64']) - (PAPER[row] - PAPER['r64'])) <= 2 * ROUNDING
+
+
+def test_independent_base_difference_close_to_the_paper(totals):
+    """+3.69M in the paper; per-task A, W, B on fc1 and fc2 give +3.65M (-1.1 %), the closest
+    reading found (proj/fc1/fc2 with 3x3 priors: +4.65M; with 1x1: +3.48M)."""
+    assert abs((totals['indep-base'] - totals['r64']) / (PAPER['indep-base'] - PAPER['r64']) - 1) < 0.015
+
+
+@pytest.mark.parametrize('row', list(ROW_OPTIONS))
+def test_totals_fall_short_of_the_paper_by_one_constant(totals, row):
+    """Every reported total minus ours is the documented constant (0.18M) up to the rounding and
+    the slope's +-0.01M; the independent-base row adds its own 0.04M."""
+    extra = 0.04e6 if row == 'indep-base' else 0.0
+    assert abs(PAPER[row] - totals[row] - CONSTANT_SHORTFALL - extra) <= 3 * ROUNDING, totals[row]
+
+
+def test_reduction_lora_breaks_the_slope(tiny_backbone):
+    """The optional LoRA on the PatchMerging reductions brings totals closer (6.60M / 3.99M) but
+    costs 6r(96 + 192 + 384) per rank: T(64) - T(32) = 2.61M, 0.12M off the paper's 2.49M."""
+    t64 = _breakdown(tiny_backbone, reduction_lora=True)['total_trainable']
+    t32 = _breakdown(tiny_backbone, r=32, reduction_lora=True)['total_trainable']
+    assert abs(t64 / PAPER['r64'] - 1) < 0.02 and abs(t32 / PAPER['r32'] - 1) < 0.02
+    assert (t64 - t32) - (PAPER['r64'] - PAPER['r32']) > 0.1e6
+
+
+def test_breakdown_as_documented(tiny_backbone, totals):
+    """The module docstring's table (regression: the figures the docstring and the notes quote)."""
+    assert totals['r64'] == 6_345_791 and totals['r32'] == 3_863_615
+    assert totals['no-clock'] == 6_327_470 and totals['indep-base'] == 9_995_327
+    assert totals['indep-decoder'] == 7_216_738
+    counts = _breakdown(tiny_backbone)
+    assert counts['backbone_other'] == 51_258            # patch embed, norms, rel-pos tables; reductions frozen
+    assert abs(counts['decoder'] / 1.07e6 - 1) < 0.02     # the paper's shared-decoder size
+    assert _breakdown(tiny_backbone, shared_decoder=False)['decoder'] == MTLORA_DECODER
 
 
 def test_nyud_counts(tiny_backbone):
     counts = _breakdown(tiny_backbone, 'nyudv2')
-    assert counts['total_trainable'] == expected_count(64, outs=(40, 1, 3)) == 6_430_307
+    assert counts['total_trainable'] == 6_172_259
     assert counts['decoder'] == 3 * 183_168 + 291_600 + 3 * 3_240 + 1081 * (40 + 1 + 3) + 5 * 768 + 13
 
 
@@ -311,10 +318,9 @@ def test_toy_sites_and_trainable_set(toy_model):
     awb = {n for n, m in bb.named_modules() if isinstance(m, SineAWBLinear)}
     assert awb == {f'layers.{i}.blocks.1.mlp.{k}' for i in range(4) for k in ('fc1', 'fc2')}
     assert isinstance(bb.get_submodule('layers.1.blocks.1.attn.proj'), LoRALinear)
-    assert isinstance(bb.get_submodule('layers.2.downsample.reduction'), LoRALinear)
+    assert type(bb.get_submodule('layers.2.downsample.reduction')) is nn.Linear      # frozen, no LoRA
     trainable = {n for n, p in toy_model.named_parameters() if p.requires_grad}
-    assert 'backbone.layers.2.downsample.reduction.base_layer.weight' not in trainable
-    assert 'backbone.layers.2.downsample.reduction.lora_A' in trainable
+    assert 'backbone.layers.2.downsample.reduction.weight' not in trainable
     assert 'backbone.layers.0.blocks.1.mlp.fc1.base_layer.weight' not in trainable
     assert {'backbone.prompt_embed.tokens', 'backbone.layers.1.prompt_merge.proj.weight',
             'backbone.layers.3.blocks.1.mlp.fc2.frequencies.clock_w', 'backbone.layers.3.blocks.1.mlp.fc2.awb_W',
@@ -422,7 +428,7 @@ def test_stage_clock_round_trip_and_copies():
 # ----------------------------------------------------------------------------- config
 @pytest.mark.parametrize('bad', [dict(awb_kinds=('qkv',)), dict(awb_kinds=()), dict(conv_kernel=2),
                                  dict(clock='nope'), dict(lowpass_size=4), dict(r=0),
-                                 dict(train_reductions=True), dict(shared_path='plain', independent_base=True)])
+                                 dict(train_reductions=True, reduction_lora=True), dict(shared_path='plain', independent_base=True)])
 def test_invalid_options_are_refused(bad):
     with pytest.raises(ValueError):
         FreeSinewichConfig(**bad)
