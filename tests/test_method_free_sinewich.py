@@ -259,6 +259,22 @@ def test_clock_net_hidden_layer_by_hand():
     assert sum(p.numel() for p in clock.parameters()) == 3 * 2 + 2 + 2 + 1 + 2
 
 
+def test_task_centred_clock_input_sees_only_what_tells_tasks_apart():
+    """clock_input='task_centred': a component shared by all task tokens (which the image-driven
+    token updates add in every block) and the tokens' scale do not move the frequencies; the
+    task-specific part does."""
+    torch.manual_seed(0)
+    clock = ClockNet(6, _TokenState(None, 4, 1, 'stage'), hidden=5, w_std=0.3, task_centred=True)
+    tokens = torch.randn(4, 6)
+    w = clock.frequencies(tokens)
+    torch.testing.assert_close(clock.frequencies(3.0 * tokens + 50 * torch.randn(1, 6)), w)
+    centred = tokens - tokens.mean(0)
+    raw = ClockNet(6, _TokenState(None, 4, 1, 'stage'), hidden=5)
+    raw.load_state_dict(clock.state_dict())
+    torch.testing.assert_close(raw.frequencies(centred / centred.pow(2).mean().sqrt()), w)
+    assert w.max() - w.min() > 0.5                    # distinct tasks start at distinct frequencies
+
+
 def test_clock_nets_read_the_stage_token(toy_model):
     """Default clocks read the task token entering their block: changing the image changes the
     tokens after stage 1, hence the frequencies; the embedding itself is not what they read."""
