@@ -21,8 +21,11 @@ SETTINGS = {
     'reference w=10': ['model.method.sine_norm=reference'],
     'fan_in w=100': ['model.method.sine_norm=fan_in', 'model.method.omega_scale_init=100.0'],
     'fan_in w=1000': ['model.method.sine_norm=fan_in', 'model.method.omega_scale_init=1000.0'],
+    'rms kappa=0.5': ['model.method.sine_norm=rms', 'model.method.sine_rms_arg=0.5'],
     'rms kappa=1': ['model.method.sine_norm=rms', 'model.method.sine_rms_arg=1.0'],
     'rms kappa=2': ['model.method.sine_norm=rms', 'model.method.sine_rms_arg=2.0'],
+    'rms kappa=4': ['model.method.sine_norm=rms', 'model.method.sine_rms_arg=4.0'],
+    'rms kappa=8': ['model.method.sine_norm=rms', 'model.method.sine_rms_arg=8.0'],
 }
 FAST = ['model.backbone.arch=toy', 'model.backbone.window_size=4', 'model.backbone.drop_path_rate=0.1',
         'model.decoder.channels=(4,8,8,8)', 'optim_wrapper.optimizer.lr=0.001', 'auto_scale_lr.enable=False']
@@ -35,10 +38,12 @@ def main(argv=None) -> int:
     p.add_argument('--settings', nargs='*', default=list(SETTINGS))
     p.add_argument('--extra', nargs='*', default=[], help='more --cfg-options for every run')
     p.add_argument('--json', help='write the figures here')
+    p.add_argument('--save-factors', help="save every run's trained Sine-AWB factors and frequencies "
+                                          "(torch.save, one dict per setting) here")
     args = p.parse_args(argv)
     from mtlbench.cli import main as cli
     from mtlbench.datasets import write_synthetic_dataset
-    rows = {}
+    rows, factors = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / 'data'
         write_synthetic_dataset('pascal_context', str(root), n=args.n, seed=0)
@@ -51,6 +56,11 @@ def main(argv=None) -> int:
             if rc != 0:
                 print(f'{name}: run failed ({rc})', file=sys.stderr)
                 continue
+            if args.save_factors:
+                import torch
+                ckpts = sorted((out / 'w').rglob('*.pth'))
+                state = torch.load(ckpts[-1], map_location='cpu', weights_only=False)['state_dict'] if ckpts else {}
+                factors[name] = {k: v.clone() for k, v in state.items() if '.awb_' in k}
             (rec_path,) = sorted((out / 'runs').glob('*.json'))
             rec = json.loads(rec_path.read_text())
             reg = rec['sine_regime']
@@ -63,6 +73,11 @@ def main(argv=None) -> int:
             print(f"{name:16s} max|z| {reg['max_abs_arg']:9.3f}  gap {reg['max_rel_gap']:7.2%}  "
                   f"cos {reg['mean_task_cosine']:.5f}  A_rms {rows[name]['A_rms']:.2e}  "
                   f"W_rms {rows[name]['W_rms']:.3f}  M_rms {rows[name]['M_rms']:.2e}", flush=True)
+    if args.save_factors:
+        import torch
+        for name, row in rows.items():
+            factors.setdefault(name, {})['frequencies'] = row['frequencies']
+        torch.save(factors, args.save_factors)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -523,7 +523,7 @@ def test_rms_normalisation_by_hand():
         for m in (ref, layer):
             m.awb_A.copy_(torch.tensor([1.0, -1.0, 2.0, 0.5, 0.0, -3.0]).view(6, 1))
     M = torch.tensor([1.0, -1.0, 2.0, 0.5, 0.0, -3.0]).view(6, 1).expand(6, 8)
-    nu = math.sqrt((1 + 1 + 4 + 0.25 + 0 + 9) / 6) * 10.0 / 2.0           # kappa = 2 (default)
+    nu = math.sqrt((1 + 1 + 4 + 0.25 + 0 + 9) / 6) * 10.0 / 0.5           # kappa = 0.5 (default)
     for t, w in enumerate((7.5, 12.5)):
         torch.testing.assert_close(layer.task_kernels()[t, :, :, 0, 0], 0.4 * nu * torch.sin(w * M / nu))
     z, nu_t = layer.sine_argument()
@@ -532,3 +532,35 @@ def test_rms_normalisation_by_hand():
     with torch.no_grad():
         layer.awb_A.mul_(1e-3)
     torch.testing.assert_close(layer.task_kernels(), 1e-3 * k)
+
+
+# ----------------------------------------------------------------------------- the sine acts
+#: Trained magnitudes from ``benchmarks/sine_regime.py`` (toy Swin, synthetic PASCAL-Context,
+#: 96 AdamW steps at lr 1e-3, every ``sine_norm``): rms of ``A`` 0.8e-2 to 1.0e-2 (``A`` starts at 0),
+#: ``W`` within 0.001 rms of its identity init, ``B`` at its init scale; trained frequencies of
+#: one layer (stage 3 fc1 of the default run), spread around ``w_ref = 10``.
+TRAINED_A_RMS = 1e-2
+TRAINED_OMEGA = (8.0, 9.5, 10.5, 12.0)
+
+
+def _swin_fc1_at_trained_magnitudes(**options):
+    """Sine-AWB on a Swin-T stage-3 fc1 (384 -> 1536, r = 64, 3x3 prior, 4 tasks)."""
+    cfg = FreeSinewichConfig(r=64, dropout=0.0, clock='fixed', **options)
+    freq = TaskFrequencies(4, 10.0, 1.0, 0.25, learnable=False)
+    freq.omega.copy_(torch.tensor(TRAINED_OMEGA))
+    layer = SineAWBLinear(nn.Linear(384, 1536), 4, 'fc1', 64, freq, cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layer.awb_A.copy_(TRAINED_A_RMS * torch.randn(layer.awb_A.shape, generator=g))
+    return layer
+
+
+def test_sine_acts_at_trained_magnitudes():
+    """The default normalisation keeps the sine out of its linear range: the task kernels differ
+    from their linearisation (the 'w/o sine' kernels) by more than 10 % and from each other
+    (mean cosine < 0.99). The former normalisation (w_t M / w_ref) at the same magnitudes is
+    linear and gives every task the same kernel: the test fails if the sine collapses back."""
+    reg = _swin_fc1_at_trained_magnitudes().sine_regime()
+    assert reg['max_rel_gap'] > 0.10 and reg['mean_task_cosine'] < 0.99, reg
+    old = _swin_fc1_at_trained_magnitudes(sine_norm='reference').sine_regime()
+    assert old['max_rel_gap'] < 0.01 and old['mean_task_cosine'] > 0.9999, old
