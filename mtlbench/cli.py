@@ -211,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'CPU runs train in fp32); `off` = fp32')
     r.add_argument('--launcher', default='none', choices=('none', 'pytorch', 'slurm'),
                    help='`pytorch` under torchrun for multi-GPU DDP')
-    r.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in the work dir')
+    r.add_argument('--resume', nargs='?', const='required', choices=['required', 'auto'], default=None,
+                   help='continue from the newest checkpoint of this model in the work dir; "--resume auto" starts '
+                        'afresh when there is none (what a requeued Slurm job needs)')
     r.add_argument('--deterministic', action='store_true', help='deterministic cuDNN / algorithms')
     r.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', help='override config keys')
     r.add_argument('--synthetic-samples', type=int, help=argparse.SUPPRESS)

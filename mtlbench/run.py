@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine.config import Config
@@ -67,7 +67,7 @@ class RunOptions:
     tasks: Optional[Sequence[str]] = None
     amp: Optional[str] = None
     launcher: str = 'none'
-    resume: bool = False
+    resume: Union[bool, str, None] = None  # True / 'required': a checkpoint must exist; 'auto': if one does
     deterministic: bool = False
     cfg_options: Dict[str, Any] = field(default_factory=dict)
     synthetic_samples: Optional[int] = None
@@ -352,9 +352,13 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
     cfg.work_dir = _work_dir(opts, cfg, tag)
     if opts.resume:
         ckpt = find_resumable_checkpoint(cfg.work_dir, accept=_resume_filter(cfg))
-        if ckpt is None:
+        if ckpt is not None:
+            cfg.resume, cfg.load_from = True, ckpt
+        elif opts.resume == 'auto':
+            print_log(f'--resume auto: no checkpoint of this model in {cfg.work_dir}; starting afresh',
+                      logger='current')
+        else:
             raise FileNotFoundError(f'--resume: no loadable checkpoint of this model in {cfg.work_dir}')
-        cfg.resume, cfg.load_from = True, ckpt
     if is_main_process():
         check_output_dir(cfg.work_dir, 'work dir')
     if opts.eval_only:

@@ -173,3 +173,10 @@ def test_temp_checkpoint_of_a_dead_writer_is_removed_at_start(tmp_path):
     (tmp_path / f'.epoch_3.pth.tmp{os.getppid()}').write_bytes(b'a live writer')
     assert remove_stale_temp_checkpoints(str(tmp_path)) == [f'.epoch_3.pth.tmp{dead.pid}']
     assert (tmp_path / f'.epoch_3.pth.tmp{os.getppid()}').exists()
+
+
+def test_resume_auto_starts_afresh_without_a_checkpoint(pascal_root, tmp_path):
+    """What a requeued sweep job runs: no checkpoint yet means a fresh start, not an error."""
+    assert run_cli(_args(pascal_root, tmp_path / 'w', tmp_path / 'runs') + ['--max-samples', '4', '--epochs', '1',
+                                                                            '--resume', 'auto']) == 0
+    assert (tmp_path / 'w' / 'epoch_1.pth').is_file() and len(list((tmp_path / 'runs').glob('*.json'))) == 1
