@@ -171,8 +171,11 @@ def read_split_file(path: PathLike) -> List[str]:
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(f'split file is missing: {path}')
-    with open(path, encoding='utf-8') as f:
-        ids = [line.strip() for line in f]
+    try:
+        with open(path, encoding='utf-8') as f:
+            ids = [line.strip() for line in f]
+    except UnicodeDecodeError as e:
+        raise DatasetError(f'split file is not UTF-8 text: {path} ({e})') from None
     return [i for i in ids if i]
 
 
@@ -262,7 +265,11 @@ class MultiTaskDataset(Dataset):
                 raise DatasetNotFoundError(
                     f'{len(missing)} file(s) listed in split {split!r} ({self.split_file()}) are '
                     f'missing under {self.data_root}: {shown}{more}')
+        listed = len(self.ids)
         self._select_samples()
+        if not self.ids:  # an empty split file, or none of its images has labels for these tasks
+            raise DatasetError(f'split {split!r} of {name} has no samples for the tasks {list(self.tasks)}: '
+                               f'{self.split_file()} lists {listed} image(s)')
         self.pipeline = build_pipeline(self.default_pipeline() if pipeline is None else pipeline)
 
     # -- layout (subclasses) -------------------------------------------------------------------

@@ -82,13 +82,27 @@ def check_overrides(cfg: Config, overrides: Dict[str, Any]) -> None:
     import difflib
 
     existing = set(_flatten_keys(cfg.to_dict()))
-    open_prefixes = ('model.method.', 'model.loss_weights', 'custom_hooks', 'model.decoder.')
+    open_prefixes = ('model.method.', 'model.loss_weights.', 'custom_hooks')  # checked when built
+    decoder_keys = _decoder_options()
     for key in overrides:
-        if key in existing or key.startswith(open_prefixes):
+        if key.startswith('model.decoder.') and key.split('.')[2] not in decoder_keys:
+            close = difflib.get_close_matches(key.split('.')[2], sorted(decoder_keys), n=3)
+            raise ConfigError(f'--cfg-options: the decoder has no option {key.split(".")[2]!r} ({key})' +
+                              (f'; did you mean {close}?' if close else f'; options: {sorted(decoder_keys)}'))
+        if key in existing or key.startswith(open_prefixes) or key.startswith('model.decoder.'):
             continue
         close = difflib.get_close_matches(key, sorted(existing), n=3)
         raise ConfigError(f'--cfg-options: the config has no key {key!r}' +
                           (f'; did you mean {close}?' if close else ''))
+
+
+def _decoder_options() -> set:
+    """Keyword options of the decoder a config's ``model.decoder`` may set."""
+    import inspect
+
+    from mtlbench.heads.hrnet import MultiTaskDecoder
+    own = {'tasks', 'num_outputs', 'in_channels'}  # filled from the dataset and the backbone
+    return {n for n in inspect.signature(MultiTaskDecoder.__init__).parameters if n != 'self'} - own | {'type'}
 
 
 def load_config(path: os.PathLike, overrides: Optional[Dict[str, Any]] = None) -> Config:
@@ -99,6 +113,8 @@ def load_config(path: os.PathLike, overrides: Optional[Dict[str, Any]] = None) -
     cfg = Config.fromfile(str(path))
     if overrides:
         check_overrides(cfg, overrides)
+        if any(k.startswith('model.loss_weights.') for k in overrides) and cfg.model.get('loss_weights') is None:
+            cfg.model.loss_weights = {}  # None means "the reference weights"; a partial dict updates them
         cfg.merge_from_dict(overrides)
     resolve(cfg)
     return cfg

@@ -149,3 +149,36 @@ def test_read_only_results_dir_is_refused_before_training(capsys, pascal_root, t
     finally:
         results.chmod(0o700)
     assert f'--results-dir {results} is not writable' in err
+
+
+@pytest.mark.parametrize('split, content, expected', [
+    ('train', b'', "split 'train' of pascal_context has no samples"),  # once mmengine's 'needs by_epoch=True'
+    ('val', b'', "split 'val' of pascal_context has no samples"),  # once a ZeroDivisionError after training
+    ('val', b'\xff\xfe2008_000002\n', 'split file is not UTF-8 text'),  # once unnamed
+])
+def test_unusable_split_file_is_named_before_training(capsys, pascal_root, tmp_path, split, content, expected):
+    import shutil
+    root = tmp_path / 'pascal'
+    shutil.copytree(pascal_root, root)
+    split_file = root / 'ImageSets' / 'Context' / f'{split}.txt'
+    split_file.write_bytes(content)
+    err = _err(capsys, _run_argv(str(root), tmp_path, tmp_path / 'runs'))
+    assert expected in err and str(split_file) in err
+    assert not list((tmp_path / 'w').glob('*.pth'))
+
+
+@pytest.mark.parametrize('override, expected', [
+    ('model.decoder.chanels=3', "the decoder has no option 'chanels' (model.decoder.chanels); did you mean ['channels']"),
+    ('model.loss_weights.semseg2=3', "loss_weights for tasks not trained: ['semseg2']"),
+])
+def test_typos_in_decoder_and_loss_weight_overrides(capsys, pascal_root, tmp_path, override, expected):
+    err = _err(capsys, _run_argv(pascal_root, tmp_path, tmp_path / 'runs') + [override])
+    assert expected in err and err.count('\n') == 1
+
+
+def test_a_partial_loss_weight_override_keeps_the_other_reference_weights():
+    from mtlbench.run import RunOptions, prepare_config
+    from mtlbench.tasks import TASKS
+    cfg = prepare_config(RunOptions(method='mtlora', cfg_options={'model.loss_weights.sal': 7.0}))
+    assert cfg.model.loss_weights == {'sal': 7.0}  # the model fills the others from the reference weights
+    assert TASKS['sal'].loss_weight != 7.0
