@@ -182,3 +182,17 @@ def test_a_partial_loss_weight_override_keeps_the_other_reference_weights():
     cfg = prepare_config(RunOptions(method='mtlora', cfg_options={'model.loss_weights.sal': 7.0}))
     assert cfg.model.loss_weights == {'sal': 7.0}  # the model fills the others from the reference weights
     assert TASKS['sal'].loss_weight != 7.0
+
+
+def test_pretrained_with_non_tensor_values_or_nan_weights_is_refused(capsys, tmp_path, pascal_root):
+    from mtlbench.backbones.swin import SwinBackbone
+    odd, nan = tmp_path / 'odd.pth', tmp_path / 'nan.pth'
+    torch.save({'patch_embed.proj.weight': 'hello'}, odd)  # once an AttributeError traceback
+    state = SwinBackbone(arch='tiny').state_dict()
+    state['patch_embed.proj.weight'][0, 0, 0, 0] = float('nan')  # once blamed on the learning rate
+    torch.save(state, nan)
+    for path, expected in ((odd, "value(s) are not, first ['patch_embed.proj.weight (str)']"),
+                           (nan, "hold NaN or inf, first ['patch_embed.proj.weight']")):
+        err = _err(capsys, ['run', '--method', 'mtlora', '--data-root', pascal_root, '--pretrained', str(path),
+                            '--work-dir', str(tmp_path / 'w')])
+        assert expected in err and str(path) in err

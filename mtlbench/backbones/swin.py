@@ -540,6 +540,10 @@ def load_pretrained(backbone: SwinBackbone, path: str, max_missing_fraction: flo
         raise PretrainedLoadError(f'{path}: not a readable checkpoint ({msg})') from err
     if not isinstance(state, dict):
         raise PretrainedLoadError(f'{path}: expected a state dict, found {type(state).__name__}')
+    not_tensors = [f'{k} ({type(v).__name__})' for k, v in state.items() if not torch.is_tensor(v)]
+    if not_tensors:
+        raise PretrainedLoadError(f'{path}: a state dict holds tensors only; {len(not_tensors)} value(s) are not, '
+                                  f'first {not_tensors[:3]}')
     state = checkpoint_filter_fn(state, backbone)
     own = backbone.state_dict()
     usable, mismatched = {}, []
@@ -559,6 +563,10 @@ def load_pretrained(backbone: SwinBackbone, path: str, max_missing_fraction: flo
             f'({n_missing / n_total:.0%} of the parameters would stay random), {len(unexpected)} unexpected, '
             f'{len(mismatched)} mismatched. First missing: {missing[:5]}; first unexpected: {unexpected[:5]}; '
             f'first mismatched: {mismatched[:3]}')
+    non_finite = [k for k, v in usable.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise PretrainedLoadError(f'{path}: {len(non_finite)} tensor(s) hold NaN or inf, first {non_finite[:3]}; '
+                                  'the checkpoint is damaged')
     backbone.load_state_dict(usable, strict=False)
     if missing or unexpected or mismatched:
         print_log(f'load_pretrained({path}): missing {missing[:10]}, unexpected {unexpected[:10]}, '
