@@ -27,7 +27,7 @@ from mmengine.logging import print_log
 
 from mtlbench.engine.checkpoint import CheckpointError
 from mtlbench.interop.mtlora_reference import (REFERENCE_GLOBALS, describe_reference, import_reference_state,
-                                               is_reference_checkpoint)
+                                               is_reference_checkpoint, reference_method)
 
 __all__ = ['CheckpointMismatchError', 'read_checkpoint', 'trained_as', 'describe_model', 'load_for_evaluation']
 
@@ -186,7 +186,7 @@ def load_for_evaluation(path: str, model: torch.nn.Module) -> str:
     if is_reference_checkpoint(ckpt):
         import_reference_state(model, ckpt['model'], source=f'{path} ({describe_reference(ckpt)})',
                                model_name=describe_model(model))
-        return 'mtlora-reference'
+        return f'{reference_method(ckpt)}-reference'
     keys = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
     raise CheckpointError(f'{path}: neither an mtlbench checkpoint ("meta" + "state_dict") nor an MTLoRA '
                           f'reference checkpoint ("model" of tensors); found {keys}')
