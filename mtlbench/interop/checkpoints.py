@@ -10,8 +10,8 @@ Two layouts are recognised:
   e.g. MTLoRA at another task rank). Options that change neither shapes nor the variant label
   (e.g. a dropout or a scale) are logged as a warning, not refused: scoring with another scale
   can be deliberate.
-* the MTLoRA reference's (``'model'`` + yacs ``'config'``): imported through
-  :mod:`mtlbench.interop.mtlora_reference`, strictly.
+* the MTLoRA reference's (``'model'`` + yacs ``'config'``; DiTASK's release too): imported
+  through :mod:`mtlbench.interop.mtlora_reference`, strictly.
 
 Anything else is one :class:`~mtlbench.engine.checkpoint.CheckpointError`.
 """

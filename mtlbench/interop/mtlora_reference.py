@@ -1,4 +1,5 @@
-"""Checkpoints of the MTLoRA reference (scale-lab/MTLoRA @ 333a375) in mtlbench's MTLoRA model.
+"""Checkpoints of the MTLoRA code base (scale-lab/MTLoRA @ 333a375, and DiTASK, which is built on
+it: the fork Malygossssss/DiTASK @ 1ef40ae) in mtlbench's MTLoRA / DiTASK models.
 
 The reference's ``main.py`` saves (``utils.save_checkpoint``) a dict with the model's state dict
 under ``'model'``, its optimizer / scheduler / scaler states, ``'epoch'``, ``'max_accuracy'``
@@ -17,14 +18,20 @@ is its inverse):
   ``backbone.layers.{i+1}.downsample`` (timm / mtlbench put it at the start of the next stage);
 * LoRA wrappers: ``.linear.`` -> ``.base_layer.``, ``.lora_shared_{A,B}`` -> ``.lora_{A,B}``,
   per-task ``.lora_tasks_{A,B}.<task>`` -> one ``.lora_task_{A,B}`` stacked in the model's task
-  order;
+  order; DiTASK stores its CPA thetas under the same names (A only): ``.lora_shared_A`` ->
+  ``.ditask_theta``, ``.lora_tasks_A.<task>`` ``[1, N-1]`` -> rows of ``.ditask_task_theta``
+  (:data:`ADAPTERS`);
 * decoder: ``downsampler.<task>.downsample_i.`` -> ``decoder.downsamplers.<task>.convs.i.``,
   ``decoders.decoders.<task>.last_layer.{0,1,3}.`` -> ``decoder.heads.<task>.{conv1,bn,conv2}.``.
 
 The mapping is strict: every reference tensor is used (the only ones dropped are the buffers
 the reference itself recomputes, ``relative_position_index`` and ``attn_mask``, see
-:data:`DERIVED_BUFFERS`), every tensor of the mtlbench model is filled, shapes agree; anything
+:data:`DERIVED_BUFFERS`, and DiTASK's inert qkv task thetas when the model does not keep them,
+see :data:`DITASK_INERT`), every tensor of the mtlbench model is filled, shapes agree; anything
 else is one :class:`ReferenceCheckpointError` that names the first offenders.
+
+Checked against the reference models themselves (``tests/test_interop.py``, and
+``tools/compare_reference.py`` at full size): the imported model gives the reference's outputs.
 """
 from __future__ import annotations
 
