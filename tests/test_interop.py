@@ -297,3 +297,16 @@ def test_reference_task_factors_must_cover_exactly_the_model_tasks():
     dropped = {k: v for k, v in state.items() if not k.endswith('.lora_tasks_A.sal')}
     with pytest.raises(ReferenceCheckpointError, match="tasks .* in the checkpoint, the model has"):
         reference_to_mtlbench(dropped, TASKS)
+
+
+def test_declared_config_is_read_as_data_never_run(tmp_path, monkeypatch):
+    """What an mtlbench checkpoint was trained as comes from mmengine's config text, parsed as
+    literals: code in it is not run, and the checkpoint is then checked by its tensors alone."""
+    monkeypatch.chdir(tmp_path)
+    model = _toy_mtlbench()
+    text = "model = dict(method=dict(type=__import__('os').system('echo pwned > pwned.txt')))"
+    path = tmp_path / 'crafted.pth'
+    torch.save({'meta': {'cfg': text}, 'state_dict': _toy_mtlbench(r=4).state_dict()}, path)
+    with pytest.raises(CheckpointMismatchError, match='without a readable config.*shape'):
+        load_for_evaluation(str(path), model)
+    assert not (tmp_path / 'pwned.txt').exists()

@@ -68,7 +68,9 @@ def _disallowed_globals(path: str) -> list:
 def _literal(node: ast.AST) -> Any:
     """``ast.literal_eval`` that also accepts ``dict(k=v, ...)`` (mmengine's config text)."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'dict' and not node.args:
-        return {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg is not None}
+        if any(kw.arg is None for kw in node.keywords):
+            raise ValueError('dict(**...) is not a literal')
+        return {kw.arg: _literal(kw.value) for kw in node.keywords}
     if isinstance(node, (ast.List, ast.Tuple)):
         items = [_literal(e) for e in node.elts]
         return items if isinstance(node, ast.List) else tuple(items)
@@ -85,13 +87,13 @@ def trained_as(ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
         return None
     try:
         tree = ast.parse(text)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # not mmengine's text: no declaration
         return None
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == 'model' for t in stmt.targets):
             try:
                 model = _literal(stmt.value)
-            except (ValueError, TypeError, SyntaxError):
+            except (ValueError, TypeError, SyntaxError, RecursionError):
                 return None
             return model if isinstance(model, dict) and isinstance(model.get('method'), dict) else None
     return None
