@@ -5,8 +5,8 @@ Importing this package registers the datasets (``DATASETS``) and the multi-task 
 tests and smoke runs, and the verification of a dataset copy on disk.
 """
 from .errors import DatasetError, DatasetNotFoundError
-from .transforms import (MTNormalize, MTPackInputs, MTRandomFlip, MTRandomScaleRotate, MTResize,
-                         build_pipeline)
+from .transforms import (MTIgnoreEmptyParts, MTNormalize, MTPackInputs, MTRandomFlip,
+                         MTRandomScaleRotate, MTResize, build_pipeline)
 from .base import MultiTaskDataset
 from .pascal_context import PascalContextMT
 from .nyud import NYUDv2MT
@@ -17,7 +17,7 @@ __all__ = [
     'PascalContextMT', 'NYUDv2MT', 'MultiTaskDataset', 'DATASET_CLASSES', 'DatasetError',
     'DatasetNotFoundError', 'write_synthetic_dataset', 'ensure_synthetic_dataset',
     'default_synthetic_root', 'verify_dataset', 'VerifyReport', 'build_pipeline', 'MTRandomFlip',
-    'MTRandomScaleRotate', 'MTResize', 'MTNormalize', 'MTPackInputs',
+    'MTRandomScaleRotate', 'MTResize', 'MTIgnoreEmptyParts', 'MTNormalize', 'MTPackInputs',
 ]
 
 # Dataset name (as in ``mtlbench.tasks.DATASET_TASKS``) -> dataset class.

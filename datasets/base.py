@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from mtlbench.tasks import IGNORE_INDEX, check_tasks
 
 from .errors import DatasetError, DatasetNotFoundError
-from .transforms import build_pipeline
+from .transforms import build_pipeline, check_data_protocol
 
 __all__ = [
     'MultiTaskDataset', 'read_image', 'read_label_png', 'read_npy', 'read_mat', 'check_same_size',
@@ -207,6 +207,15 @@ class MultiTaskDataset(Dataset):
         check_files (bool): check at construction that every file the split lists for the chosen
             tasks exists (one ``stat`` each; raises :class:`DatasetNotFoundError` naming the first
             few). Defaults to True.
+        label_pad (int): default train pipeline: value of label pixels exposed by scale +
+            rotate, 0 (reference) or 255 (departure ``label-pad-ignore``). Defaults to 0.
+        image_cast (str): default pipelines: ``'wrap'`` (reference) or ``'clip'`` (departure
+            ``image-clip``); see :class:`~.transforms.MTNormalize`. Defaults to ``'wrap'``.
+        normals_resample (str): default pipelines: ``'cubic'`` (reference) or
+            ``'nearest-valid'`` (departure ``normals-nearest-valid``). Defaults to ``'cubic'``.
+
+    The three protocol options come from the config's ``data_protocol`` (``mtlbench.config.
+    resolve`` copies it into both dataloaders' datasets), so a run record names them.
     """
 
     METAINFO: ClassVar[dict] = {}
@@ -219,8 +228,15 @@ class MultiTaskDataset(Dataset):
                  img_size: Tuple[int, int] = (448, 448),
                  max_samples: Optional[int] = None,
                  eval_at_original_resolution: bool = False,
-                 check_files: bool = True):
+                 check_files: bool = True,
+                 label_pad: int = 0,
+                 image_cast: str = 'wrap',
+                 normals_resample: str = 'cubic'):
         name = self.METAINFO['dataset_name']
+        check_data_protocol(label_pad, image_cast, normals_resample)
+        self.label_pad = label_pad
+        self.image_cast = image_cast
+        self.normals_resample = normals_resample
         self.tasks: Tuple[str, ...] = check_tasks(name, tasks)
         if split not in ('train', 'val'):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -246,6 +262,7 @@ class MultiTaskDataset(Dataset):
                 raise DatasetNotFoundError(
                     f'{len(missing)} file(s) listed in split {split!r} ({self.split_file()}) are '
                     f'missing under {self.data_root}: {shown}{more}')
+        self._select_samples()
         self.pipeline = build_pipeline(self.default_pipeline() if pipeline is None else pipeline)
 
     # -- layout (subclasses) -------------------------------------------------------------------
@@ -262,22 +279,25 @@ class MultiTaskDataset(Dataset):
         """Read, check and convert the task maps of one sample (per ``self.tasks``)."""
         raise NotImplementedError
 
+    def _select_samples(self) -> None:
+        """Drop ids the reference's loader would not list (``self.ids`` / ``self.files``); none
+        by default."""
+
     def train_augmentations(self) -> List[dict]:
         """The dataset's reference training augmentations (before resize / normalise / pack)."""
         raise NotImplementedError
 
     def default_pipeline(self) -> List[dict]:
         """The reference pipeline for ``self.split``. Train: the dataset's augmentations, resize,
-        normalise. Val: resize (image only when ``eval_at_original_resolution``), normalise."""
-        if self.split == 'train':
-            return self.train_augmentations() + [
-                dict(type='MTResize', size=self.img_size),
-                dict(type='MTNormalize'),
-                dict(type='MTPackInputs'),
-            ]
-        return [
-            dict(type='MTResize', size=self.img_size, resize_targets=not self.eval_at_original_resolution),
-            dict(type='MTNormalize'),
+        ignore empty parts, normalise. Val: resize (image only when
+        ``eval_at_original_resolution``), ignore empty parts, normalise."""
+        augment = self.train_augmentations() if self.split == 'train' else []
+        resize_targets = self.split == 'train' or not self.eval_at_original_resolution
+        return augment + [
+            dict(type='MTResize', size=self.img_size, resize_targets=resize_targets,
+                 normals_resample=self.normals_resample),
+            dict(type='MTIgnoreEmptyParts'),
+            dict(type='MTNormalize', image_cast=self.image_cast),
             dict(type='MTPackInputs'),
         ]
 

@@ -83,7 +83,9 @@ class NYUDv2MT(MultiTaskDataset):
         """Flip, zoom from {1.0, 1.2, 1.5} on the same canvas (depth divided by the zoom), no rotation."""
         return [
             dict(type='MTRandomFlip', prob=0.5),
-            dict(type='MTRandomScaleRotate', rotate_range=None, scale_range=None, scale_choices=(1.0, 1.2, 1.5)),
+            dict(type='MTRandomScaleRotate', rotate_range=None, scale_range=None, rotate_choices=(0.0,),
+                 scale_choices=(1.0, 1.2, 1.5), label_pad=self.label_pad,
+                 normals_resample=self.normals_resample),
         ]
 
     def _load_targets(self, files: Dict[str, Path], hw: Tuple[int, int]) -> Dict[str, np.ndarray]:
@@ -104,6 +106,11 @@ class NYUDv2MT(MultiTaskDataset):
         return out
 
 
+def _as_float(arr: np.ndarray) -> np.ndarray:
+    """float32 / float64 arrays as they are, anything else as float64."""
+    return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
+
+
 def load_depth(path: Path, hw: Tuple[int, int]) -> np.ndarray:
     """Load a depth map in metres.
 
@@ -112,7 +119,8 @@ def load_depth(path: Path, hw: Tuple[int, int]) -> np.ndarray:
         hw: the image's ``(H, W)``.
 
     Returns:
-        float32 ``[H, W]``; 0 marks missing depth.
+        float ``[H, W]`` in the stored dtype when float32 / float64 (the reference warps it in
+        that dtype), float64 otherwise; 0 marks missing depth.
     """
     depth = read_npy(path, 'depth')
     if depth.ndim == 3 and depth.shape[2] == 1:
@@ -122,7 +130,7 @@ def load_depth(path: Path, hw: Tuple[int, int]) -> np.ndarray:
     if not np.issubdtype(depth.dtype, np.number):
         raise DatasetError(f'depth must be numeric, got dtype {depth.dtype}: {path}')
     check_same_size(depth, hw, path, 'depth map')
-    depth = depth.astype(np.float32)
+    depth = _as_float(depth)
     if np.isnan(depth).any():
         raise DatasetError(f'depth has {int(np.isnan(depth).sum())} NaN value(s) '
                            f'(missing depth must be 0): {path}')
@@ -140,14 +148,15 @@ def load_normals(path: Path, hw: Tuple[int, int]) -> np.ndarray:
         hw: the image's ``(H, W)``.
 
     Returns:
-        float32 ``[H, W, 3]`` as stored (unit vectors; the zero vector marks invalid pixels).
+        float ``[H, W, 3]`` as stored (float32 / float64 kept, as for depth; unit vectors, the
+        zero vector marks invalid pixels).
     """
     normals = read_npy(path, 'normals')
     if normals.ndim != 3 or normals.shape[2] != 3:
         raise DatasetError(f'normals must have 3 channels [H, W, 3], got shape {normals.shape}: '
                            f'{path}')
     check_same_size(normals, hw, path, 'normals map')
-    normals = normals.astype(np.float32)
+    normals = _as_float(normals)
     if not np.isfinite(normals).all():
         raise DatasetError(f'normals contain NaN or inf values: {path}')
     return normals

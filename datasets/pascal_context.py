@@ -11,7 +11,8 @@ under the root:
 - ``human_parts/<id>.mat``: PASCAL-Part ``anno`` struct. Only person objects (class 15) with
   parts are drawn, parts grouped into 7 classes (:data:`PART_CLASSES`); pixels of an image with
   person parts that no part covers are background 0. An image without person parts is all 255:
-  it adds nothing to loss or metric.
+  it adds nothing to loss or metric; so is one whose parts the augmentation or the resize removed
+  (``MTIgnoreEmptyParts``, the reference's ``AddIgnoreRegions``).
 - ``sal_distill/<id>.png``: grey saliency ``v / 255``, binarised at > 0.5 to {0, 1}.
 - ``normals_distill/<id>.png``: RGB, normal = ``2 * v / 255 - 1``. Valid only where the Context
   class (``pascal-context/trainval/<id>.mat``, variable ``LabelMap``) is also an NYU class
@@ -19,8 +20,12 @@ under the root:
 
 Not in the reference, chosen: no parts index is built or cached (each ``.mat`` is read when its
 image is), so nothing is written into the dataset root; 1x1 MATLAB fields are read with
-``.item()`` (numpy >= 2 refuses ``int()`` on them); every image of the split is kept, with or
-without person parts.
+``.item()`` (numpy >= 2 refuses ``int()`` on them).
+
+As in the reference, a dataset whose only task is human parts lists only the images with a person
+(an object of class 15 with a non-empty mask; the reference's parts index), so its batches are
+not filled with all-ignore images; it reads every ``.mat`` of the split at construction. With
+other tasks every image is kept (the reference does the same).
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from .base import (MultiTaskDataset, check_label_values, check_same_size, read_l
 from .errors import DatasetError, DatasetNotFoundError
 
 __all__ = ['PascalContextMT', 'VOC_CLASSES', 'HUMAN_PART_CLASSES', 'PART_CLASSES',
-           'PERSON_CLASS_INDEX', 'normals_valid_context_ids', 'context_classes']
+           'PERSON_CLASS_INDEX', 'normals_valid_context_ids', 'context_classes', 'has_person']
 
 _META_DIR = Path(__file__).resolve().parent / 'meta'
 
@@ -137,11 +142,20 @@ class PascalContextMT(MultiTaskDataset):
             files['context'] = root / 'pascal-context' / 'trainval' / f'{sample_id}.mat'
         return files
 
+    def _select_samples(self) -> None:
+        """Human parts alone: keep the images with a person, as the reference does."""
+        if self.tasks != ('human_parts',):
+            return
+        keep = [k for k, files in enumerate(self.files) if has_person(files['human_parts'])]
+        self.ids = [self.ids[k] for k in keep]
+        self.files = [self.files[k] for k in keep]
+
     def train_augmentations(self) -> List[dict]:
         """Flip, then rotate in [-20, 20] degrees and scale in [0.75, 1.25] about the centre."""
         return [
             dict(type='MTRandomFlip', prob=0.5),
-            dict(type='MTRandomScaleRotate', rotate_range=(-20.0, 20.0), scale_range=(0.75, 1.25)),
+            dict(type='MTRandomScaleRotate', rotate_range=(-20.0, 20.0), scale_range=(0.75, 1.25),
+                 label_pad=self.label_pad, normals_resample=self.normals_resample),
         ]
 
     # -- per-task readers ------------------------------------------------------------------------
@@ -214,6 +228,19 @@ def load_human_parts(path: Path, hw: Tuple[int, int]) -> np.ndarray:
     return out
 
 
+def has_person(path: Path) -> bool:
+    """Whether a PASCAL-Part ``anno`` struct has an object of class 15 with a non-empty mask:
+    the reference's test (its parts index, area threshold 0) for keeping an image when human
+    parts is the only task."""
+    anno = read_mat(path, 'human parts', 'anno')
+    try:
+        return any(np.asarray(obj[1]).item() == PERSON_CLASS_INDEX and np.asarray(obj[2]).sum() > 0
+                   for obj in np.asarray(anno[0][0][1]).ravel())
+    except (IndexError, ValueError, TypeError, KeyError) as e:
+        raise DatasetError(f'human parts .mat does not have the PASCAL-Part anno layout '
+                           f'({type(e).__name__}: {e}): {path}') from None
+
+
 def load_masked_normals(normals_path: Path, context_path: Path, hw: Tuple[int, int]) -> np.ndarray:
     """Decode distilled normals and keep them only on NYU-like Context classes.
 
@@ -223,7 +250,7 @@ def load_masked_normals(normals_path: Path, context_path: Path, hw: Tuple[int, i
         hw: the image's ``(H, W)``.
 
     Returns:
-        float32 ``[H, W, 3]``: ``2 * v / 255 - 1`` on valid pixels, the zero vector elsewhere.
+        float64 ``[H, W, 3]``: ``2 * v / 255 - 1`` on valid pixels, the zero vector elsewhere.
     """
     try:
         with Image.open(normals_path) as im:
@@ -237,7 +264,7 @@ def load_masked_normals(normals_path: Path, context_path: Path, hw: Tuple[int, i
         raise DatasetError(f'normals PNG must have 3 channels (RGB), got shape {arr.shape}: '
                            f'{normals_path}')
     check_same_size(arr, hw, normals_path, 'normals map')
-    normals = arr.astype(np.float32) * (2.0 / 255.0) - 1.0
+    normals = 2.0 * arr.astype(np.float64) / 255.0 - 1.0  # the reference's dtype and arithmetic
     label_map = np.asarray(read_mat(context_path, 'Context label map', 'LabelMap'))
     if label_map.ndim != 2:
         raise DatasetError(f'Context LabelMap must be [H, W], got shape {label_map.shape}: '

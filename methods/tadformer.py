@@ -310,6 +310,8 @@ class DynamicTaskFilter(MethodModule):
         eps: added to the taps' standard deviation.
     """
 
+    no_weight_decay = ('tad_tap_std', 'tad_tap_mean')  # 1-D in the reference: undecayed there
+
     def __init__(self, r: int, kernel_size: int = 3, eps: float = 1e-10) -> None:
         super().__init__()
         self.r, self.kernel_size, self.eps = r, kernel_size, eps
@@ -354,6 +356,8 @@ class StaticTaskFilter(MethodModule):
         num_tasks: ``T``.
         kernel_size: filter side ``k``.
     """
+
+    no_weight_decay = ('tad_bias',)  # one 1-D conv bias per task in the reference: undecayed there
 
     def __init__(self, r: int, num_tasks: int, kernel_size: int = 3) -> None:
         super().__init__()

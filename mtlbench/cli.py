@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--config', help='config file (default: configs/<method>/<method>_swin-t_<dataset>.py)')
     r.add_argument('--data-root', help='dataset root (default: the config\'s, else a synthetic dataset)')
     r.add_argument('--pretrained', help='local Swin checkpoint (official .pth or timm format)')
-    r.add_argument('--work-dir', help='checkpoints and logs (default: work_dirs/<method>_<dataset>_s<seed>)')
+    r.add_argument('--work-dir', help='checkpoints and logs (default: work_dirs/<method>[_<variant>]_<dataset>_s<seed>_<hash of the model settings>)')
     r.add_argument('--results-dir', default='results/runs', help='where run records go')
     r.add_argument('--seed', type=int, default=0)
     r.add_argument('--epochs', type=int)
@@ -206,10 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--num-workers', type=int)
     r.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'))
     r.add_argument('--tasks', nargs='+', help='subset of the dataset\'s tasks')
-    r.add_argument('--amp', nargs='?', const='bf16', choices=('bf16', 'fp16'), help='mixed precision (GPU)')
+    r.add_argument('--amp', nargs='?', const='fp16', choices=('fp16', 'bf16', 'off'),
+                   help='training precision (default: the config\'s, fp16 AMP as the reference, on CUDA; '
+                        'CPU runs train in fp32); `off` = fp32')
     r.add_argument('--launcher', default='none', choices=('none', 'pytorch', 'slurm'),
                    help='`pytorch` under torchrun for multi-GPU DDP')
-    r.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in the work dir')
+    r.add_argument('--resume', nargs='?', const='required', choices=['required', 'auto'], default=None,
+                   help='continue from the newest checkpoint of this model in the work dir; "--resume auto" starts '
+                        'afresh when there is none (what a requeued Slurm job needs)')
     r.add_argument('--deterministic', action='store_true', help='deterministic cuDNN / algorithms')
     r.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', help='override config keys')
     r.add_argument('--synthetic-samples', type=int, help=argparse.SUPPRESS)

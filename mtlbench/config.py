@@ -105,7 +105,8 @@ def load_config(path: os.PathLike, overrides: Optional[Dict[str, Any]] = None) -
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill ``model.dataset`` / ``model.tasks`` and the metric's tasks from the dataset base."""
+    """Fill ``model.dataset`` / ``model.tasks`` and the metric's tasks from the dataset base, and
+    copy ``data_protocol`` (``mtlbench.datasets.transforms``) into the train and val datasets."""
     dataset = cfg.get('dataset_name')
     if dataset is None:
         raise ConfigError('config has no dataset_name (inherit a configs/_base_/datasets/*.py base)')
@@ -123,9 +124,12 @@ def resolve(cfg: Config) -> Config:
         cfg.val_evaluator.tasks = tasks
         cfg.val_evaluator.dataset_name = dataset
     img = tuple(model.backbone.get('img_size', cfg.get('img_size', (448, 448))))
+    protocol = dict(cfg.get('data_protocol') or {})
     for key in ('train_dataloader', 'val_dataloader'):
         if key in cfg and cfg[key] is not None:
             inner_dataset(cfg[key]).img_size = img
+            # one source of truth: the datasets follow ``data_protocol``, which the record names
+            inner_dataset(cfg[key]).update(protocol)
     cfg.tasks = tasks
     return cfg
 

@@ -10,12 +10,14 @@ Rules the tables follow (``/work/shared/reference/metrics.md``):
 - One row per method configuration: ``(method, variant, checkpoint)``. Per-task primary metrics
   are the mean ± sample standard deviation (ddof 1) over the seeds (records), with ``n``.
 - Δm is recomputed from the per-task means against the ``single_task`` run records with the
-  same dataset, backbone, input size, eval protocol, synthetic flag and pretrained checkpoint.
+  same dataset, backbone, input size, eval protocol, synthetic flag, pretrained checkpoint and
+  training protocol.
   The ``delta_m`` stored in a record is never read. Without a baseline the cell is ``—`` and
   the reason is listed under the table.
 - Records that are not comparable are never in one table: dataset, synthetic flag, backbone,
-  input size, eval protocol, pretrained checkpoint and (for multi-task rows) the task set
-  each split tables. Tables are titled with what they hold.
+  input size, eval protocol, pretrained checkpoint, training protocol (``'reference'``, the
+  departures of ``mtlbench.protocol``, or ``'unknown'`` for older records) and (for multi-task
+  rows) the task set each split tables. Tables are titled with what they hold.
 - Reported rows (``with_reported``) sit in their own table per dataset; their Δm is recomputed
   from their own per-task numbers against the single-task row of the same paper, and a
   printed Δm more than 0.02 away is flagged. A difference table gives reproduced − reported
@@ -42,7 +44,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from mtlbench.records import BASELINE_METHOD, collect_baseline, comparability_key, load_records
+from mtlbench.records import (BASELINE_METHOD, collect_baseline, comparability_key, load_records,
+                              newest_per_identity)
 from mtlbench.tasks import DATASET_TASKS, TASKS
 
 __all__ = [
@@ -100,7 +103,7 @@ class GroupTable:
     Attributes:
         title (str): label naming what the table holds.
         dataset (str): dataset key.
-        key (dict): synthetic, backbone, img_size, eval_protocol, pretrained, tasks.
+        key (dict): synthetic, backbone, img_size, eval_protocol, pretrained, protocol, tasks.
         comparable_to_papers (bool): real data, pretrained, the papers' size/protocol/backbone
             and the dataset's full task set.
         tasks (list[str]): task columns.
@@ -247,6 +250,7 @@ def _group_title(dataset: str, key: Mapping[str, Any], full_tasks: bool) -> str:
         parts.append('random init (not comparable to papers)')
     else:
         parts.append(f"pretrained: {key['pretrained']}")
+    parts.append(f"protocol: {key['protocol']}")
     if not full_tasks:
         parts.append('tasks: ' + ', '.join(key['tasks']))
     return ' — '.join(parts)
@@ -348,12 +352,13 @@ def _build_group(dataset: str, key: Dict[str, Any], recs: List[Mapping],
     # Baseline (the same for every row of the table).
     found = collect_baseline(all_runs, dataset, key['backbone'], key['img_size'],
                              key['eval_protocol'], key['synthetic'], tasks,
-                             pretrained=key['pretrained'])
+                             pretrained=key['pretrained'], protocol=key['protocol'])
     missing = [t for t in tasks if not found[t]]
     baseline = None
     if missing:
         base_reason = (f'no single_task baseline record for {", ".join(missing)} with these '
-                       f'keys (dataset, backbone, size, protocol, synthetic flag, pretrained)')
+                       f'keys (dataset, backbone, size, eval protocol, synthetic flag, pretrained, '
+                       f'training protocol)')
         notes.append(f'Δm: {base_reason}, so no row of this table has a Δm.')
     else:
         base_reason = None
@@ -457,10 +462,11 @@ def _group_records(runs: Sequence[Mapping]) -> Dict[tuple, List[Mapping]]:
 
 
 def _group_sort_key(gkey: tuple) -> tuple:
-    dataset, synthetic, backbone, size, protocol, pre, tasks = gkey
+    dataset, synthetic, backbone, size, eval_protocol, pre, protocol, tasks = gkey
     full = list(tasks) == list(DATASET_TASKS.get(dataset, {}))
-    return (dataset, synthetic, pre == 'random init', not full,
-            size != PAPER_SIZE, protocol != PAPER_PROTOCOL, backbone, size, protocol, pre, tasks)
+    return (dataset, synthetic, pre == 'random init', not full, size != PAPER_SIZE,
+            eval_protocol != PAPER_PROTOCOL, protocol != 'reference', backbone, size,
+            eval_protocol, pre, protocol, tasks)
 
 
 # ----------------------------------------------------------------------------- reported rows
@@ -674,6 +680,12 @@ def build_leaderboard(records: Sequence[Mapping], dataset: Optional[str] = None,
         if dataset is not None and r['dataset'] != dataset:
             continue
         runs.append(r)
+    runs, repeats = newest_per_identity(runs)  # a seed run twice is one seed, not n=2
+    for repeat, kept in repeats:
+        skipped_out.append((str(repeat.get('_path', repeat.get('run_id', '?'))),
+                            f'repeats seed {repeat["seed"]} of {_row_label(repeat["method"], repeat["variant"])} '
+                            f'(same method, options, dataset and protocol); the newest record '
+                            f'{kept.get("_path", kept.get("run_id", "?"))} is counted instead'))
     if known is not None:
         for b in list(bench):
             if b.get('method') not in known:
@@ -686,9 +698,10 @@ def build_leaderboard(records: Sequence[Mapping], dataset: Optional[str] = None,
                                n_bench=len(bench))
     groups = _group_records(runs)
     for gkey in sorted(groups, key=_group_sort_key):
-        ds, synthetic, backbone, size, protocol, pre, tasks = gkey
+        ds, synthetic, backbone, size, eval_protocol, pre, protocol, tasks = gkey
         key = {'synthetic': synthetic, 'backbone': backbone, 'img_size': list(size),
-               'eval_protocol': protocol, 'pretrained': pre, 'tasks': list(tasks)}
+               'eval_protocol': eval_protocol, 'pretrained': pre, 'protocol': protocol,
+               'tasks': list(tasks)}
         result.tables.append(_build_group(ds, key, groups[gkey], runs, bench))
 
     if with_reported:

@@ -55,6 +55,9 @@ class MethodModule(nn.Module):
     parameters are left to the core's freezing rules instead.
     """
     frozen_children: Tuple[str, ...] = ()
+    #: names of this module's own parameters that get no weight decay although they are not 1-D
+    #: (the reference stores them 1-D, so its "no decay on 1-D" rule exempts them; mtlbench.optim)
+    no_weight_decay: Tuple[str, ...] = ()
 
     def method_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
         """``(name, param)`` pairs that are the method's own (excluding frozen children)."""

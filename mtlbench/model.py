@@ -95,8 +95,9 @@ class MultiTaskModel(BaseModel):
             value = self.losses[t](raw[t], targets[t])
             if not torch.isfinite(value).all():
                 it = getattr(self, 'current_iter', None)
+                where = 'iteration ?' if it is None else f'iteration {it + 1}'  # 1-based, as the log counts
                 raise NonFiniteLossError(
-                    f'loss of task {t!r} is {value.item()} at iteration {it}; stopping before the update. '
+                    f'loss of task {t!r} is {value.item()} at {where}; stopping before the update. '
                     f'The last checkpoint in the work dir is intact; lower the learning rate or check the data.')
             out[f'loss_{t}'] = value * self.loss_weights[t]
         for k, v in self.method.extra_losses(self).items():

@@ -27,6 +27,11 @@ backbone           str                 ``'swin-t'``
 pretrained         str | null          checkpoint path or tag; null means random init
 img_size           [int, int]          ``[H, W]`` of the network input
 eval_protocol      str                 ``'resized-448'`` or ``'original-resolution'``
+protocol           str                 training protocol: ``'reference'`` (the MTLoRA reference
+                                       pipeline) or its departures joined by ``+``
+                                       (``mtlbench.protocol``); absent in older records, which
+                                       read as ``'unknown'``
+departures         list[str]           the departures' names, sorted (absent in older records)
 synthetic          bool                trained/evaluated on synthetic data
 seed               int
 git_sha            str | null          commit of the code that ran
@@ -66,6 +71,8 @@ Not in the task brief, chosen here:
 - Non-finite floats are written as ``null`` (strict JSON), so a run whose metric could not be
   computed (or diverged) is still recorded; readers treat a null primary value as missing
   (no Δm, not averaged).
+- Records of different training protocols are never compared (neither in one table nor for
+  Δm); a record written before protocols were recorded has protocol ``'unknown'``.
 - Baseline matching compares checkpoints by their file name (``pretrained_key``), not their
   full path, so the same weights on two machines still match; null matches only null.
 """
@@ -88,13 +95,14 @@ __all__ = [
     'PARAM_KEYS', 'BASELINE_METHOD', 'ANY', 'new_run_id', 'new_bench_id', 'primary_from_metrics',
     'make_run_record', 'make_bench_record', 'validate_record', 'write_record',
     'load_records', 'pretrained_key', 'comparability_key', 'collect_baseline', 'find_baseline',
-    'compute_delta_m_for_record',
+    'compute_delta_m_for_record', 'UNKNOWN_PROTOCOL', 'record_protocol', 'run_identity', 'newest_per_identity',
 ]
 
 SCHEMA_VERSION = 1
 EVAL_PROTOCOLS = ('resized-448', 'original-resolution')
 CHECKPOINTS = ('last', 'best')
 BASELINE_METHOD = 'single_task'
+UNKNOWN_PROTOCOL = 'unknown'  # protocol of a record written before protocols were recorded
 PARAM_KEYS = ('total_trainable', 'adapter', 'decoder', 'backbone_other', 'total')
 OPTIONAL_PARAM_KEYS = ('encoder_trainable',)
 
@@ -140,9 +148,11 @@ RUN_FIELDS: Dict[str, Tuple[tuple, bool]] = {
     'torch_version': ((str,), True),
     'config': ((dict,), False),
     'created': ((str,), False),
+    'protocol': ((str,), False),
+    'departures': ((list,), False),
 }
-# Fields that may be absent (treated as null).
-_OPTIONAL_RUN_FIELDS = {'rank_history'}
+# Fields that may be absent (treated as null; a missing protocol reads as 'unknown').
+_OPTIONAL_RUN_FIELDS = {'rank_history', 'protocol', 'departures'}
 
 BENCH_FIELDS: Dict[str, Tuple[tuple, bool]] = {
     'schema_version': ((int,), False),
@@ -376,6 +386,11 @@ def _validate_run(rec: Mapping) -> List[str]:
         problems.append(f'eval_protocol {proto!r} is neither one of {EVAL_PROTOCOLS} nor resized-<size>')
     if rec.get('checkpoint') is not None and rec.get('checkpoint') not in CHECKPOINTS:
         problems.append(f'checkpoint {rec.get("checkpoint")!r} not in {CHECKPOINTS}')
+    if isinstance(rec.get('protocol'), str) and isinstance(rec.get('departures'), list):
+        expect = '+'.join(sorted(map(str, rec['departures']))) or 'reference'
+        if rec['protocol'] != expect:
+            problems.append(f"protocol {rec['protocol']!r} does not match departures "
+                            f"{rec['departures']} (expected {expect!r})")
 
     dataset = rec.get('dataset')
     if isinstance(dataset, str) and dataset not in DATASET_TASKS:
@@ -403,8 +418,8 @@ def _validate_run(rec: Mapping) -> List[str]:
                 problems.append(f'metrics[{task!r}] is not a dict')
                 continue
             for name, v in values.items():
-                if v is not None and not _is_number(v):
-                    problems.append(f'metrics[{task!r}][{name!r}] is not a number: {v!r}')
+                if v is not None and not _is_finite_number(v):  # mtlbench writes non-finite values as null
+                    problems.append(f'metrics[{task!r}][{name!r}] is not a finite number or null: {v!r}')
         if tasks:
             missing = [t for t in tasks if t not in metrics]
             if missing:
@@ -619,10 +634,16 @@ def load_records(directory: os.PathLike | str,
         except OSError as e:
             skipped.append((path, f'unreadable: {e}'))
             continue
+        except RecursionError:
+            skipped.append((path, 'not a record: JSON nested too deeply to read'))
+            continue
         if isinstance(rec, dict) and kind is not None and rec.get('kind') != kind \
                 and rec.get('kind') in _FIELDS_BY_KIND:
             continue
-        problems = validate_record(rec)
+        try:
+            problems = validate_record(rec)
+        except RecursionError:
+            problems = ['not a record: nested too deeply to check']
         if problems:
             skipped.append((path, '; '.join(problems)))
             continue
@@ -647,17 +668,49 @@ def pretrained_key(pretrained: Optional[str]) -> str:
     return re.split(r'[\\/]', str(pretrained).rstrip('/\\'))[-1]
 
 
+def record_protocol(record: Mapping) -> str:
+    """The record's training protocol; ``'unknown'`` for records written before it was recorded."""
+    return record.get('protocol') or UNKNOWN_PROTOCOL
+
+
 def comparability_key(record: Mapping) -> tuple:
-    """``(dataset, synthetic, backbone, (H, W), eval_protocol, pretrained_key)``: records
-    with different keys are never compared (neither in one table nor for Δm)."""
+    """``(dataset, synthetic, backbone, (H, W), eval_protocol, pretrained_key, protocol)``:
+    records with different keys are never compared (neither in one table nor for Δm)."""
     return (record['dataset'], bool(record['synthetic']), record['backbone'],
             tuple(record['img_size']), record['eval_protocol'],
-            pretrained_key(record.get('pretrained')))
+            pretrained_key(record.get('pretrained')), record_protocol(record))
+
+
+def run_identity(record: Mapping) -> tuple:
+    """What makes two run records the same measurement: the comparability key plus method,
+    variant, method options, tasks and seed. Re-running a seed (or ``--resume`` on a finished
+    work dir) writes a second record with the same identity; it is one seed, not two."""
+    options = json.dumps(record.get('method_options') or {}, sort_keys=True, default=str)
+    return comparability_key(record) + (record['method'], record.get('variant') or '', options,
+                                        tuple(record['tasks']), record['seed'])
+
+
+def newest_per_identity(records: Iterable[Mapping]) -> Tuple[List[Mapping], List[Tuple[Mapping, Mapping]]]:
+    """``(kept, repeats)``: one run record per :func:`run_identity`, the newest by ``created``;
+    ``repeats`` pairs each record left out with the one kept. Other kinds pass through."""
+    newest: Dict[tuple, Mapping] = {}
+    others: List[Mapping] = []
+    for rec in records:
+        if rec.get('kind') != 'run':
+            others.append(rec)
+            continue
+        key = run_identity(rec)
+        if key not in newest or str(rec.get('created', '')) > str(newest[key].get('created', '')):
+            newest[key] = rec
+    kept_ids = {id(r) for r in newest.values()}
+    repeats = [(r, newest[run_identity(r)]) for r in records
+               if r.get('kind') == 'run' and id(r) not in kept_ids]
+    return others + list(newest.values()), repeats
 
 
 def collect_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
                      img_size: Sequence[int], eval_protocol: str, synthetic: bool,
-                     tasks: Sequence[str], *, pretrained: Any = ANY,
+                     tasks: Sequence[str], *, pretrained: Any = ANY, protocol: Any = ANY,
                      ) -> Dict[str, List[Mapping]]:
     """The single-task baseline records matching the given keys, per task.
 
@@ -667,6 +720,8 @@ def collect_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
         tasks: tasks to collect.
         pretrained: a checkpoint path/tag or None to match by :func:`pretrained_key`;
             ``ANY`` (default) matches every checkpoint.
+        protocol: training protocol to match (:func:`record_protocol`); ``ANY`` (default)
+            matches every protocol.
 
     Returns:
         dict: task -> list of matching records scoring that task (possibly empty).
@@ -684,6 +739,8 @@ def collect_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
             continue
         if want_pre is not None and pretrained_key(rec.get('pretrained')) != want_pre:
             continue
+        if protocol is not ANY and record_protocol(rec) != protocol:
+            continue
         for task in tasks:
             entry = (rec.get('primary') or {}).get(task)
             if isinstance(entry, Mapping) and _is_finite_number(entry.get('value')):
@@ -691,18 +748,21 @@ def collect_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
     return out
 
 
-def _describe_keys(dataset, backbone, img_size, eval_protocol, synthetic, pretrained) -> str:
+def _describe_keys(dataset, backbone, img_size, eval_protocol, synthetic, pretrained,
+                   protocol=ANY) -> str:
     size = 'x'.join(str(s) for s in img_size)
     text = f'{dataset}, {backbone}, {size}, {eval_protocol}, ' \
            f'{"synthetic" if synthetic else "real"} data'
     if pretrained is not ANY:
         text += f', {pretrained_key(pretrained)}'
+    if protocol is not ANY:
+        text += f', protocol {protocol}'
     return text
 
 
 def find_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
                   img_size: Sequence[int], eval_protocol: str, synthetic: bool,
-                  tasks: Sequence[str], *, pretrained: Any = ANY,
+                  tasks: Sequence[str], *, pretrained: Any = ANY, protocol: Any = ANY,
                   ) -> Tuple[Optional[Dict[str, float]], Optional[str]]:
     """Per-task single-task baseline values from ``single_task`` run records.
 
@@ -713,17 +773,18 @@ def find_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
         records: run records (other kinds are ignored).
         dataset, backbone, img_size, eval_protocol, synthetic: keys the baseline must share.
         tasks: tasks needed.
-        pretrained: see :func:`collect_baseline`.
+        pretrained, protocol: see :func:`collect_baseline`.
 
     Returns:
         tuple: ``({task: mean primary value}, None)``, or ``(None, reason)`` naming the tasks
         without a baseline record.
     """
     found = collect_baseline(records, dataset, backbone, img_size, eval_protocol, synthetic,
-                             tasks, pretrained=pretrained)
+                             tasks, pretrained=pretrained, protocol=protocol)
     missing = [t for t in tasks if not found[t]]
     if missing:
-        keys = _describe_keys(dataset, backbone, img_size, eval_protocol, synthetic, pretrained)
+        keys = _describe_keys(dataset, backbone, img_size, eval_protocol, synthetic, pretrained,
+                              protocol)
         return None, (f'no single_task baseline record for task(s) {", ".join(missing)} '
                       f'({keys})')
     values = {t: sum(r['primary'][t]['value'] for r in found[t]) / len(found[t]) for t in tasks}
@@ -742,8 +803,8 @@ def compute_delta_m_for_record(record: Mapping, all_records: Iterable[Mapping],
                                ) -> Tuple[Optional[float], Optional[str]]:
     """Δm (%) of one run record against the matching single-task baseline records.
 
-    The baseline must share dataset, backbone, input size, eval protocol, synthetic flag and
-    pretrained checkpoint (by file name) with ``record``.
+    The baseline must share dataset, backbone, input size, eval protocol, synthetic flag,
+    pretrained checkpoint (by file name) and training protocol with ``record``.
 
     Args:
         record (dict): a valid run record.
@@ -754,8 +815,9 @@ def compute_delta_m_for_record(record: Mapping, all_records: Iterable[Mapping],
     """
     tasks = list(record['tasks'])
     baseline, reason = find_baseline(
-        all_records, record['dataset'], record['backbone'], record['img_size'],
-        record['eval_protocol'], record['synthetic'], tasks, pretrained=record.get('pretrained'))
+        newest_per_identity(all_records)[0], record['dataset'], record['backbone'], record['img_size'],
+        record['eval_protocol'], record['synthetic'], tasks, pretrained=record.get('pretrained'),
+        protocol=record_protocol(record))
     if baseline is None:
         return None, reason
     null = [t for t in tasks if not _is_finite_number(record['primary'][t].get('value'))]

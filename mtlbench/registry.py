@@ -36,13 +36,15 @@ from mmengine import registry as _mm  # noqa: E402
 OPTIMIZERS = Registry('optimizer', parent=_mm.OPTIMIZERS, scope='mtlbench')
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=_mm.OPTIM_WRAPPERS, scope='mtlbench')
 OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor', parent=_mm.OPTIM_WRAPPER_CONSTRUCTORS,
-                                      scope='mtlbench')
-PARAM_SCHEDULERS = Registry('parameter scheduler', parent=_mm.PARAM_SCHEDULERS, scope='mtlbench')
+                                      scope='mtlbench', locations=['mtlbench.optim'])
+PARAM_SCHEDULERS = Registry('parameter scheduler', parent=_mm.PARAM_SCHEDULERS, scope='mtlbench',
+                            locations=['mtlbench.lr_schedule'])
 MODEL_WRAPPERS = Registry('model_wrapper', parent=_mm.MODEL_WRAPPERS, scope='mtlbench')
 VISUALIZERS = Registry('visualizer', parent=_mm.VISUALIZERS, scope='mtlbench')
 VISBACKENDS = Registry('vis_backend', parent=_mm.VISBACKENDS, scope='mtlbench')
 LOG_PROCESSORS = Registry('log_processor', parent=_mm.LOG_PROCESSORS, scope='mtlbench')
 EVALUATOR = Registry('evaluator', parent=_mm.EVALUATOR, scope='mtlbench')
+FUNCTIONS = Registry('function', parent=_mm.FUNCTIONS, scope='mtlbench', locations=['mtlbench.engine'])
 WEIGHT_INITIALIZERS = Registry('weight initializer', parent=_mm.WEIGHT_INITIALIZERS, scope='mtlbench')
 
 # Backbone adaptation methods (MTLoRA, FAAR, baselines ...). Not an mmengine model: a method

@@ -16,11 +16,14 @@ import copy
 import logging
 import os
 import os.path as osp
+import re
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine.config import Config
@@ -29,14 +32,20 @@ from mmengine.hooks import Hook
 from mmengine.logging import MMLogger, print_log
 
 from mtlbench.config import as_plain, find_config, inner_dataset, load_config, resolve
+from mtlbench.protocol import departures, protocol_label, register_departure
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
+from mtlbench.precision import resolve_precision
 from mtlbench.registry import HOOKS
 
 __all__ = ['RunOptions', 'run', 'prepare_config', 'SYNTHETIC_SCHEDULE', 'MetricsCaptureHook']
 
 #: The CPU-sized schedule used on synthetic data (overridable with --epochs / --batch-size ...).
 SYNTHETIC_SCHEDULE = dict(epochs=3, batch_size=2, img_size=(224, 224), num_samples=24, num_workers=0, lr=2e-4)
+
+
+register_departure('train-keep-last', 'train_dataloader.drop_last', reference=True,
+                   doc="each epoch's last incomplete training batch is trained on, not dropped")
 
 
 @dataclass
@@ -58,7 +67,7 @@ class RunOptions:
     tasks: Optional[Sequence[str]] = None
     amp: Optional[str] = None
     launcher: str = 'none'
-    resume: bool = False
+    resume: Union[bool, str, None] = None  # True / 'required': a checkpoint must exist; 'auto': if one does
     deterministic: bool = False
     cfg_options: Dict[str, Any] = field(default_factory=dict)
     synthetic_samples: Optional[int] = None
@@ -120,7 +129,10 @@ def _set_schedule(cfg: Config, epochs: int) -> None:
     cfg.train_cfg.max_epochs = epochs
     cfg.train_cfg.val_interval = min(cfg.train_cfg.get('val_interval', epochs), epochs)
     scheds = cfg.get('param_scheduler') or []
-    if len(scheds) == 2 and old:
+    if len(scheds) == 1 and scheds[0].get('type') == 'ReferenceCosineLR' and old:
+        scheds[0].end = epochs
+        scheds[0].warmup = scheds[0].warmup * epochs / old  # same share (the reference truncates to iterations)
+    elif len(scheds) == 2 and old:
         warm = int(round(scheds[0].end * epochs / old))
         if warm <= 0:
             cfg.param_scheduler = [dict(scheds[1], begin=0, end=epochs, T_max=epochs)]
@@ -192,6 +204,10 @@ def prepare_config(opts: RunOptions) -> Config:
             dl.num_workers = opts.num_workers
         if dl.num_workers == 0:
             dl.persistent_workers = False
+        # workers survive a SIGTERM sent to the process group, so the main process can save preempt.pth
+        dl.worker_init_fn = dict(type='mtlbench.preemptible_worker_init', num_workers=dl.num_workers, seed=opts.seed)
+        if key == 'train_dataloader':
+            dl.setdefault('drop_last', True)  # the reference's; a config without it departs not
         # reproducible + resumable order and augmentation (mtlbench.engine.data)
         dl.sampler = dict(dl.sampler, type='ResumableSampler') if key == 'train_dataloader' else dl.sampler
         if key == 'train_dataloader' and dl.dataset.type != 'SeededDataset':
@@ -211,14 +227,9 @@ def prepare_config(opts: RunOptions) -> Config:
     # engine -------------------------------------------------------------
     cfg.train_cfg.type = 'ResumableEpochBasedTrainLoop'
     cfg.randomness = dict(seed=opts.seed, deterministic=opts.deterministic)
-    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='IterSeedHook'),
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='IterSeedHook'), dict(type='StateGuardHook'),
                                                               dict(type='MetricsCaptureHook', eval_before_train=opts.eval_before_train)]
-    if opts.amp:
-        if not torch.cuda.is_available():
-            raise RuntimeError('--amp needs a CUDA GPU (mmengine AmpOptimWrapper); run without --amp on CPU')
-        dtype = {'bf16': 'bfloat16', 'fp16': 'float16'}[opts.amp]
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.dtype = dtype
+    resolve_precision(cfg, opts.amp, cuda=torch.cuda.is_available())
     cfg.launcher = opts.launcher
     if opts.launcher != 'none' and not torch.cuda.is_available():
         cfg.env_cfg.dist_cfg = dict(backend='gloo')
@@ -228,11 +239,80 @@ def prepare_config(opts: RunOptions) -> Config:
     return cfg
 
 
+def model_identity(model_cfg: Any) -> Dict[str, Any]:
+    """What a checkpoint must have been trained as to be resumed into this model: the method
+    and its options, the dataset, the tasks, and the backbone / decoder settings (not the
+    pretrained file, which only initialises)."""
+    plain = as_plain(model_cfg)
+    backbone = {k: v for k, v in (plain.get('backbone') or {}).items() if k != 'pretrained'}
+    return {'method': plain.get('method'), 'dataset': plain.get('dataset'), 'tasks': plain.get('tasks'),
+            'backbone': backbone, 'decoder': plain.get('decoder')}
+
+
+def _short_hash(value: Any) -> str:
+    import hashlib
+    import json
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
 def _work_dir(opts: RunOptions, cfg: Config, tag: str) -> str:
+    """``--work-dir``, or ``work_dirs/<method>[_<variant>]_<dataset>[_synthetic]_s<seed>_<model hash>``:
+    two runs that build different models (another rank, another --cfg-options) never share a
+    folder, and the same command always finds its own checkpoints again."""
     if opts.work_dir:
         return opts.work_dir
-    base = Path('work_dirs') / f'{tag}_{cfg.dataset_name}{"_synthetic" if cfg.synthetic else ""}_s{opts.seed}'
-    return str(base)
+    from mtlbench.method import build_method
+    variant = build_method(dict(cfg.model.method), cfg.model.tasks).variant()
+    slug = re.sub(r'[^A-Za-z0-9.=-]+', '-', variant).strip('-')
+    name = (f'{tag}{"_" + slug if slug else ""}_{cfg.dataset_name}{"_synthetic" if cfg.synthetic else ""}'
+            f'_s{opts.seed}_{_short_hash(model_identity(cfg.model))}')
+    return str(Path('work_dirs') / name)
+
+
+def _resume_filter(cfg: Config):
+    """``accept`` for :func:`~mtlbench.engine.find_resumable_checkpoint`: the reason a checkpoint
+    was trained as another model, or None."""
+    from mtlbench.interop.checkpoints import trained_as
+    want = model_identity(cfg.model)
+
+    def accept(ckpt: dict) -> Optional[str]:
+        declared = trained_as(ckpt)
+        if declared is None:
+            return None  # an older checkpoint without its config: the strict load still checks shapes
+        got = model_identity(declared)
+        differ = [k for k in want if _short_hash(got[k]) != _short_hash(want[k])]
+        if differ:
+            return (f'it was trained as another model ({", ".join(differ)} differ: '
+                    f'{got[differ[0]]} vs this run\'s {want[differ[0]]})')
+        return None
+    return accept
+
+
+class OutputDirError(ValueError):
+    """A directory the run will write to cannot take its output (checked before training)."""
+
+
+#: Free space a run needs before it starts: records are small, checkpoints are not.
+MIN_FREE_BYTES = {'work dir': 256 * 2**20, 'results dir': 2**20}
+
+
+def check_output_dir(path: str, what: str) -> None:
+    """Create ``path`` if needed and prove it takes a file, so that hours of training cannot end
+    without their checkpoint or record (a results dir that is a file, read-only or full)."""
+    flag = f'--{what.replace(" ", "-")}'
+    if osp.exists(path) and not osp.isdir(path):
+        raise OutputDirError(f'{flag} {path} is a file, not a directory')
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.mtlbench-write-test-', dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise OutputDirError(f'{flag} {path} is not writable ({err.strerror or err})') from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES[what]:
+        raise OutputDirError(f'{flag} {path}: only {free / 2**20:.1f} MiB free; a run needs at least '
+                             f'{MIN_FREE_BYTES[what] / 2**20:.0f} MiB there')
 
 
 def _init_cpu_distributed(launcher: str) -> None:
@@ -265,33 +345,47 @@ def run(opts: RunOptions) -> List[Path]:
 
 
 def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
-    from mtlbench.engine import MTLRunner, find_resumable_checkpoint
+    from mtlbench.engine import MTLRunner, find_resumable_checkpoint, stop_data_workers
 
     cfg = copy.deepcopy(cfg)
     prepare_device('cuda' if torch.cuda.is_available() else 'cpu')
     cfg.work_dir = _work_dir(opts, cfg, tag)
     if opts.resume:
-        ckpt = find_resumable_checkpoint(cfg.work_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f'--resume: no loadable checkpoint in {cfg.work_dir}')
-        cfg.resume, cfg.load_from = True, ckpt
+        ckpt = find_resumable_checkpoint(cfg.work_dir, accept=_resume_filter(cfg))
+        if ckpt is not None:
+            cfg.resume, cfg.load_from = True, ckpt
+        elif opts.resume == 'auto':
+            print_log(f'--resume auto: no checkpoint of this model in {cfg.work_dir}; starting afresh',
+                      logger='current')
+        else:
+            raise FileNotFoundError(f'--resume: no loadable checkpoint of this model in {cfg.work_dir}')
+    if is_main_process():
+        check_output_dir(cfg.work_dir, 'work dir')
     if opts.eval_only:
-        return _evaluate_only(opts, cfg)
+        try:
+            return _evaluate_only(opts, cfg)
+        finally:
+            stop_data_workers()
+    if is_main_process():
+        check_output_dir(opts.results_dir, 'results dir')
     start = time.time()
-    runner = MTLRunner.from_cfg(cfg)
-    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-    if opts.compile:
-        compile_model(model)
-    method = model.method
-    for hook in method.runner_hooks():
-        kind = hook.get('type') if isinstance(hook, dict) else type(hook).__name__
-        if any(type(h).__name__ == kind for h in runner.hooks):
-            continue  # already in the config's custom_hooks: never run a method's hook twice
-        runner.register_hook(hook)
-    runner.train()
-    metrics = getattr(runner, 'mtl_last_metrics', None)
-    if not metrics:
-        metrics = runner.val_loop.run()
+    try:
+        runner = MTLRunner.from_cfg(cfg)
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        if opts.compile:
+            compile_model(model)
+        method = model.method
+        for hook in method.runner_hooks():
+            kind = hook.get('type') if isinstance(hook, dict) else type(hook).__name__
+            if any(type(h).__name__ == kind for h in runner.hooks):
+                continue  # already in the config's custom_hooks: never run a method's hook twice
+            runner.register_hook(hook)
+        runner.train()
+        metrics = getattr(runner, 'mtl_last_metrics', None)
+        if not metrics:
+            metrics = runner.val_loop.run()
+    finally:
+        stop_data_workers()  # workers ignore SIGTERM: never leave them to the exit-time terminate()
     wall = time.time() - start
     if not is_main_process():
         return []
@@ -368,9 +462,14 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
         epochs=int(cfg.train_cfg.max_epochs), iters=None, metrics=metrics,
         params=model.param_breakdown(), wall_time_s=round(wall_time_s, 2), device=device_name(),
         torch_version=torch.__version__, config=as_plain(cfg.to_dict()),
+        protocol=protocol_label(cfg), departures=departures(cfg),
         **{**method.record_extras(model), **(extras or {})})
     os.makedirs(opts.results_dir, exist_ok=True)
     existing, _ = records.load_records(opts.results_dir, kind='run')
+    same = [r for r in existing if records.run_identity(r) == records.run_identity(rec)]
+    if same:
+        print_log(f'{opts.results_dir} already has a record of this seed ({same[0].get("_path")}): the '
+                  'leaderboard counts only the newest of them', logger='current', level=logging.WARNING)
     value, reason = records.compute_delta_m_for_record(rec, existing + [rec])
     rec['delta_m'], rec['delta_m_reason'] = value, reason
     path = records.write_record(rec, opts.results_dir)

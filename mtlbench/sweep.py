@@ -68,7 +68,7 @@ class SweepJob:
     def cli_args(self) -> List[str]:
         """Arguments after ``mtlbench``: ``run --method M --seed S --dataset D ...``."""
         return ['run', '--method', self.method, '--seed', str(self.seed), '--dataset',
-                self.dataset, *self.args]
+                self.dataset, *self.args, '--resume', 'auto']  # an interrupted or requeued job continues
 
     def command(self, python: str = sys.executable) -> List[str]:
         """The subprocess command: ``[python, '-m', 'mtlbench.cli', 'run', ...]``."""
@@ -246,6 +246,29 @@ def run_sweep(jobs: Sequence[SweepJob], runs_dir: Path | str, dry_run: bool = Fa
     return outcomes
 
 
+#: Seconds before the time limit at which Slurm warns the job (``--signal=B:TERM@...``).
+PREEMPT_WARNING_S = 120
+
+#: Shell function of the emitted script: runs the command in the background so that the batch
+#: shell can forward Slurm's SIGTERM to it, then requeues the array task when the run reports
+#: pre-emption (exit 143, ``preempt.pth`` saved).
+_SLURM_RUN_FUNCTION = [
+    'run_preemptible() {',
+    '  set +e',
+    '  "$@" &',
+    '  local child=$!',
+    """  trap 'kill -TERM "$child" 2>/dev/null' TERM""",
+    '  wait "$child"; local rc=$?',
+    '  while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done  # wait returns early on the trap',
+    '  if [ "$rc" -eq 143 ]; then',
+    '    echo "pre-empted: requeueing ${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-}" >&2',
+    '    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+    '  fi',
+    '  return "$rc"',
+    '}',
+]
+
+
 def emit_slurm(jobs: Sequence[SweepJob], path: Path | str, gpus_per_job: int = 1, *,
                job_name: str = 'mtlbench-sweep', partition: Optional[str] = None,
                time: str = '24:00:00', cpus_per_gpu: int = 8, mem_per_gpu: Optional[str] = None,
@@ -283,7 +306,11 @@ def emit_slurm(jobs: Sequence[SweepJob], path: Path | str, gpus_per_job: int = 1
              f'#SBATCH --gres=gpu:{gpus_per_job}',
              f'#SBATCH --cpus-per-task={cpus_per_gpu * gpus_per_job}',
              f'#SBATCH --time={time}',
-             f'#SBATCH --output={log_dir}/%x_%A_%a.out']
+             f'#SBATCH --output={log_dir}/%x_%A_%a.out',
+             # SIGTERM to the batch shell 2 minutes before the time limit; it forwards it to the run,
+             # which saves preempt.pth and exits 143; the task is then requeued and resumes (--resume auto)
+             f'#SBATCH --signal=B:TERM@{PREEMPT_WARNING_S}',
+             '#SBATCH --requeue']
     if partition:
         lines.append(f'#SBATCH --partition={partition}')
     if mem_per_gpu:
@@ -293,12 +320,12 @@ def emit_slurm(jobs: Sequence[SweepJob], path: Path | str, gpus_per_job: int = 1
                    'task.',
               '# Slurm opens the log file before the script runs, so the log folder must exist:',
               f'#   mkdir -p {shlex.quote(log_dir)} && sbatch {shlex.quote(path.name)}', '',
-              'set -euo pipefail', f'GPUS={gpus_per_job}']
+              'set -euo pipefail', f'GPUS={gpus_per_job}', '', *_SLURM_RUN_FUNCTION]
     lines += list(setup)
     lines += ['', 'case "${SLURM_ARRAY_TASK_ID:?not running as a Slurm array task}" in']
     for k, job in enumerate(jobs):
         args = job.cli_args() + ['--launcher', 'pytorch']
-        cmd = ('torchrun --standalone --nproc_per_node=$GPUS -m mtlbench.cli '
+        cmd = ('run_preemptible torchrun --standalone --nproc_per_node=$GPUS -m mtlbench.cli '
                + ' '.join(shlex.quote(a) for a in args))
         lines.append(f'  {k})  # {job.name}')
         lines.append(f'    {cmd}')

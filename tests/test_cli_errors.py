@@ -3,6 +3,7 @@ that turns NaN stops the run naming the task; nothing is written into the datase
 folders."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -64,12 +65,15 @@ def test_pretrained_of_another_architecture(capsys, tmp_path, pascal_root):
     assert 'does not fit a Swin-tiny backbone' in err and str(ckpt) in err
 
 
-def test_nan_loss_stops_naming_the_task(pascal_root, tmp_path):
+def test_divergence_stops_naming_what_diverged(pascal_root, tmp_path):
     from mtlbench.model import NonFiniteLossError
     args = ['run', '--method', 'full_ft', '--data-root', pascal_root, '--work-dir', str(tmp_path / 'w'),
             '--results-dir', str(tmp_path / 'runs'), '--epochs', '1', '--num-workers', '0', '--batch-size', '2',
             *IMG] + FAST + ['optim_wrapper.optimizer.lr=1e30']
-    with pytest.raises(NonFiniteLossError, match=r"loss of task '\w+' is (nan|inf|-inf) at iteration \d+"):
+    # whichever check fires first names what diverged: the loss of a task, or (mtlbench.engine.state_guard)
+    # a gradient or a weight, before the update / before anything is saved
+    with pytest.raises(NonFiniteLossError, match=r"(loss of task '\w+' is (nan|inf|-inf)|the gradient of [\w.]+ is not "
+                                                 r"finite|the update) at iteration \d+"):
         run_cli(args)
     assert not list((tmp_path / 'runs').glob('*.json')) if (tmp_path / 'runs').exists() else True
 
@@ -110,3 +114,38 @@ def test_counts_that_cannot_run_are_refused_not_ignored(capsys, tmp_path, flag, 
     err = _err(capsys, ['run', '--method', 'mtlora', '--work-dir', str(tmp_path / 'w'), flag, *value])
     assert expected in err and err.count('\n') == 1
     assert not (tmp_path / 'w').exists()
+
+
+def _run_argv(pascal_root, tmp_path, results):
+    return ['run', '--method', 'full_ft', '--data-root', pascal_root, '--work-dir', str(tmp_path / 'w'),
+            '--results-dir', str(results), '--epochs', '1', '--num-workers', '0', '--batch-size', '2', *IMG] + FAST
+
+
+def test_results_dir_that_is_a_file_is_refused_before_training(capsys, pascal_root, tmp_path):
+    results = tmp_path / 'runs'
+    results.write_text('not a directory')
+    err = _err(capsys, _run_argv(pascal_root, tmp_path, results))
+    assert f'--results-dir {results} is a file, not a directory' in err
+    assert not list((tmp_path / 'w').glob('*.pth'))  # refused before any training
+
+
+def test_full_disk_is_refused_before_training(capsys, pascal_root, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    usage = namedtuple('usage', 'total used free')
+    monkeypatch.setattr(shutil, 'disk_usage', lambda path: usage(2**30, 2**30 - 4096, 4096))
+    err = _err(capsys, _run_argv(pascal_root, tmp_path, tmp_path / 'runs'))
+    assert 'only 0.0 MiB free' in err and '--work-dir' in err
+    assert not list((tmp_path / 'w').glob('*.pth'))
+
+
+@pytest.mark.skipif(not hasattr(os, 'geteuid') or os.geteuid() == 0, reason='root writes into read-only directories')
+def test_read_only_results_dir_is_refused_before_training(capsys, pascal_root, tmp_path):
+    results = tmp_path / 'runs'
+    results.mkdir()
+    results.chmod(0o500)
+    try:
+        err = _err(capsys, _run_argv(pascal_root, tmp_path, results))
+    finally:
+        results.chmod(0o700)
+    assert f'--results-dir {results} is not writable' in err

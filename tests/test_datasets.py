@@ -187,8 +187,8 @@ def test_pascal_normals_decode_and_context_mask(pascal_root):
     label_map[:, w // 2: 3 * w // 4] = context['unknown']           # excluded
     scipy.io.savemat(root / 'pascal-context' / 'trainval' / f'{sid}.mat', {'LabelMap': label_map})
     n = ds.load_sample(0)['normals']
-    assert n.dtype == np.float32 and n.shape == (h, w, 3)
-    expect = 2.0 * v.astype(np.float32) / 255.0 - 1.0
+    assert n.dtype == np.float64 and n.shape == (h, w, 3)  # the reference's dtype
+    expect = 2.0 * v.astype(np.float64) / 255.0 - 1.0
     np.testing.assert_allclose(n[:, : w // 2], expect[:, : w // 2], atol=1e-6)
     assert not n[:, w // 2:].any()
 
@@ -386,3 +386,25 @@ def test_nyud_bad_inputs(nyud_root):
     with pytest.raises(DatasetError, match='does not load') as e:
         ds.load_sample(0)
     assert str(nrm) in str(e.value)
+
+
+def test_human_parts_alone_lists_only_images_with_a_person(tmp_path):
+    """The reference's parts index: with human parts the only task, an image is listed when an
+    object of class 15 has a non-empty mask (with or without parts); with other tasks, all are."""
+    root = Path(write_synthetic_dataset('pascal_context', str(tmp_path / 'pc'), n=9)['root'])
+    ids = (root / 'ImageSets' / 'Context' / 'train.txt').read_text().split()
+    h, w = _hw(root / 'JPEGImages' / f'{ids[0]}.jpg')
+    full, empty = np.ones((h, w), bool), np.zeros((h, w), bool)
+    hand = {ids[0]: [('person', 15, empty, [('head', full)])],  # a person of area 0: dropped
+            ids[1]: [('dog', 12, full, [('head', full)])],       # no person: dropped
+            ids[2]: [('person', 15, full, [])]}                  # a person without parts: kept
+    for sid, objects in hand.items():
+        h, w = _hw(root / 'JPEGImages' / f'{sid}.jpg')
+        _save_anno(root / 'human_parts' / f'{sid}.mat',
+                   [(n, c, np.resize(m, (h, w)), [(p, np.resize(pm, (h, w))) for p, pm in parts])
+                    for n, c, m, parts in objects])
+    # the other images follow the synthetic cycle: i % 4 == 0 has no person
+    expect = [ids[2]] + [sid for sid in ids[3:] if int(sid.split('_')[1]) % 4 != 0]
+    ds = PascalContextMT(root, split='train', tasks=('human_parts',), pipeline=[])
+    assert ds.ids == expect and len(ds) == len(expect)
+    assert PascalContextMT(root, split='train', tasks=('semseg', 'human_parts'), pipeline=[]).ids == ids

@@ -327,3 +327,18 @@ def test_plots_accept_sparse_frames(tmp_path):
                         'semseg': 60.0}])
     assert pareto_plot(df, tmp_path / 'p.png', 'empty').stat().st_size > 0
     assert task_bars(df, tmp_path / 't.png', tasks=['semseg']).stat().st_size > 0
+
+
+def test_a_seed_run_twice_counts_once_newest_kept():
+    again = rec('mtlora', 'r=64', 1, dict(MTLORA, semseg=70.0), created='2026-02-01T00:00:00+00:00',
+                _path='runs/again.json')
+    res = L.build_leaderboard(baselines() + two_seed_mtlora() + [again], known_methods=KNOWN)
+    r = row(res.tables[0], 'mtlora', 'r=64')
+    assert r['n_min'] == r['n_max'] == 2  # seeds 0 and 1, not three records
+    assert r['semseg'] == pytest.approx((67.0 + 70.0) / 2)  # seed 1's newer record replaces the older one
+    (reason,) = [why for _, why in res.skipped if 'repeats seed 1' in why]
+    assert 'runs/again.json' in reason
+    # another option value is another measurement, not a repeat
+    other = rec('mtlora', 'r=64', 1, MTLORA, method_options={'dropout': 0.0})
+    res = L.build_leaderboard(baselines() + two_seed_mtlora() + [other], known_methods=KNOWN)
+    assert not [why for _, why in res.skipped if 'repeats' in why]

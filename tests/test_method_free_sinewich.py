@@ -28,29 +28,18 @@ CONFIGS = Path(__file__).resolve().parents[1] / 'configs' / 'free_sinewich'
 
 
 # ----------------------------------------------------------------------------- counts
-C_LAST = 96 + 192 + 384 + 768            # C summed over the last block of each stage
-C_OTHER = 2 * 96 + 2 * 192 + 6 * 384 + 2 * 768 - C_LAST   # over all other blocks (2976)
+# The paper's totals (PASCAL-Context, Swin-T, incl. decoders) are given to 0.01M, so each is
+# uncertain by +-0.005M and a difference of two by +-0.01M.
+ROUNDING = 0.005e6
+PAPER = {'r64': 6.53e6, 'r32': 4.04e6, 'no-clock': 6.51e6, 'no-lowpass': 6.53e6, 'no-sine': 6.53e6,
+         'indep-base': 10.22e6, 'indep-decoder': 7.41e6}
+ROW_OPTIONS = {'r64': dict(), 'r32': dict(r=32), 'no-clock': dict(clock='learned'), 'no-lowpass': dict(lowpass=False),
+               'no-sine': dict(sine=False), 'indep-base': dict(independent_base=True),
+               'indep-decoder': dict(shared_decoder=False)}
+#: The paper's totals minus ours, the same for every row (the slope matches; see the module
+#: docstring): the constant part of the reported counts this reconstruction does not explain.
+CONSTANT_SHORTFALL = 0.18e6
 MTLORA_DECODER = 1_946_624
-
-
-def expected_count(r: int, outs=(21, 7, 1, 3), clock: str = 'net', independent: bool = False,
-                   shared_decoder: bool = True) -> int:
-    """The docstring's arithmetic (Swin-T, 448, default options)."""
-    T = len(outs)
-    lora = 16 * r * C_OTHER + 6 * r * C_LAST                  # non-last blocks; qkv + proj of last blocks
-    awb = 10 * r * C_LAST + 8 * 9 * r * r                      # fc1/fc2 factors + 3x3 rank-space priors
-    awb *= T if independent else 1
-    reductions = 6 * r * (96 + 192 + 384)                      # LoRA on the frozen PatchMerging reductions
-    clocks = 8 * (96 + 2) if clock == 'net' else 8 * T
-    tokens = T * 96 + 2 * (96 ** 2 + 192 ** 2 + 384 ** 2)      # task tokens + Linear(C, 2C) merges
-    other = 4_896 + 23_040 + 23_322                            # patch embed, LayerNorms, rel-pos tables
-    downsamplers = T * (192 * 18 + 384 * 36 + 768 * 72 + 768 * 144)
-    if shared_decoder:
-        decoder = downsamplers + 270 * 1080 + sum(1080 + 2160 + 1081 * o for o in outs)
-        decoder += (96 + 2) if clock == 'net' else T
-    else:
-        decoder = downsamplers + sum(270 * 1080 + 1080 + 2160 + 1081 * o for o in outs)
-    return lora + awb + reductions + clocks + tokens + other + decoder
 
 
 @pytest.fixture(scope='module')
@@ -69,43 +58,61 @@ def _breakdown(tiny_backbone, dataset='pascal_context', **options):
     return param_breakdown(backbone, decoder)
 
 
-# (options, reported total in M, exact count of this implementation)
-PAPER_ROWS = {
-    'r64': (dict(), 6.53, expected_count(64)),
-    'r32': (dict(r=32), 4.04, expected_count(32)),
-    'no-clock': (dict(clock='learned'), 6.51, expected_count(64, clock='learned')),
-    'no-lowpass': (dict(lowpass=False), 6.53, expected_count(64)),
-    'no-sine': (dict(sine=False), 6.53, expected_count(64)),
-    'indep-base': (dict(independent_base=True), 10.22, expected_count(64, independent=True)),
-    'indep-decoder': (dict(shared_decoder=False), 7.41, expected_count(64, shared_decoder=False)),
-}
+@pytest.fixture(scope='module')
+def totals(tiny_backbone):
+    return {row: _breakdown(tiny_backbone, **opts)['total_trainable'] for row, opts in ROW_OPTIONS.items()}
 
 
-@pytest.mark.parametrize('row', list(PAPER_ROWS))
-def test_counts_match_the_paper_within_2_percent(tiny_backbone, row):
-    options, reported, exact = PAPER_ROWS[row]
-    counts = _breakdown(tiny_backbone, **options)
-    assert counts['total_trainable'] == exact
-    assert abs(counts['total_trainable'] / (reported * 1e6) - 1) < 0.02, (row, counts)
-    assert counts['backbone_other'] == 51_258            # reductions frozen (they carry a LoRA instead)
-    if options.get('shared_decoder', True):
-        assert abs(counts['decoder'] / 1.07e6 - 1) < 0.02
-    else:
-        assert counts['decoder'] == MTLORA_DECODER
+def test_rank_slope_matches_the_paper(totals):
+    """T(64) - T(32) is what the rank-dependent parts cost: 2.49M in the paper, +-0.01M rounding."""
+    assert abs((totals['r64'] - totals['r32']) - (PAPER['r64'] - PAPER['r32'])) <= 2 * ROUNDING
 
 
-def test_exact_totals_as_documented():
-    # the module docstring's table
-    assert expected_count(64) == 6_586_364 and expected_count(32) == 3_975_164
-    assert expected_count(64, independent=True) == 10_235_900
-    assert expected_count(64, clock='learned') == 6_585_518
-    assert expected_count(64, shared_decoder=False) == 7_461_066
+@pytest.mark.parametrize('row', ['no-clock', 'no-lowpass', 'no-sine', 'indep-decoder'])
+def test_ablation_differences_match_the_paper(totals, row):
+    """Each ablation row minus the r = 64 row, within the +-0.01M of two rounded figures (the
+    Clock Nets: 0.02M, i.e. 10k-30k parameters)."""
+    assert abs((totals[row] - totals['r64']) - (PAPER[row] - PAPER['r64'])) <= 2 * ROUNDING
+
+
+def test_independent_base_difference_close_to_the_paper(totals):
+    """+3.69M in the paper; per-task A, W, B on fc1 and fc2 give +3.65M (-1.1 %), the closest
+    reading found (proj/fc1/fc2 with 3x3 priors: +4.65M; with 1x1: +3.48M)."""
+    assert abs((totals['indep-base'] - totals['r64']) / (PAPER['indep-base'] - PAPER['r64']) - 1) < 0.015
+
+
+@pytest.mark.parametrize('row', list(ROW_OPTIONS))
+def test_totals_fall_short_of_the_paper_by_one_constant(totals, row):
+    """Every reported total minus ours is the documented constant (0.18M) up to the rounding and
+    the slope's +-0.01M; the independent-base row adds its own 0.04M."""
+    extra = 0.04e6 if row == 'indep-base' else 0.0
+    assert abs(PAPER[row] - totals[row] - CONSTANT_SHORTFALL - extra) <= 3 * ROUNDING, totals[row]
+
+
+def test_reduction_lora_breaks_the_slope(tiny_backbone):
+    """The optional LoRA on the PatchMerging reductions brings totals closer (6.60M / 3.99M) but
+    costs 6r(96 + 192 + 384) per rank: T(64) - T(32) = 2.61M, 0.12M off the paper's 2.49M."""
+    t64 = _breakdown(tiny_backbone, reduction_lora=True)['total_trainable']
+    t32 = _breakdown(tiny_backbone, r=32, reduction_lora=True)['total_trainable']
+    assert abs(t64 / PAPER['r64'] - 1) < 0.02 and abs(t32 / PAPER['r32'] - 1) < 0.02
+    assert (t64 - t32) - (PAPER['r64'] - PAPER['r32']) > 0.1e6
+
+
+def test_breakdown_as_documented(tiny_backbone, totals):
+    """The module docstring's table (regression: the figures the docstring and the notes quote)."""
+    assert totals['r64'] == 6_345_791 and totals['r32'] == 3_863_615
+    assert totals['no-clock'] == 6_327_470 and totals['indep-base'] == 9_995_327
+    assert totals['indep-decoder'] == 7_216_738
+    counts = _breakdown(tiny_backbone)
+    assert counts['backbone_other'] == 51_258            # patch embed, norms, rel-pos tables; reductions frozen
+    assert abs(counts['decoder'] / 1.07e6 - 1) < 0.02     # the paper's shared-decoder size
+    assert _breakdown(tiny_backbone, shared_decoder=False)['decoder'] == MTLORA_DECODER
 
 
 def test_nyud_counts(tiny_backbone):
     counts = _breakdown(tiny_backbone, 'nyudv2')
-    assert counts['total_trainable'] == expected_count(64, outs=(40, 1, 3)) == 6_412_832
-    assert counts['decoder'] == 3 * 183_168 + 291_600 + 3 * 3_240 + 1081 * (40 + 1 + 3) + 98
+    assert counts['total_trainable'] == 6_172_259
+    assert counts['decoder'] == 3 * 183_168 + 291_600 + 3 * 3_240 + 1081 * (40 + 1 + 3) + 5 * 768 + 13
 
 
 # ----------------------------------------------------------------------------- hand math
@@ -148,10 +155,10 @@ def test_fuse_awb_is_A_W_Bt_per_tap():
     torch.testing.assert_close(sine_modulate(M, omega, sine=False), torch.stack([0.5 * M, 2.0 * M]))
 
 
-def _hand_layer(padding='reflect', sine=True, lowpass=True):
+def _hand_layer(padding='reflect', sine=True, lowpass=True, sine_norm='reference'):
     """1x1 Sine-AWB on Linear(8, 6) whose fused kernel is the constant pi / 15 (r = 1)."""
     cfg = FreeSinewichConfig(r=1, conv_kernel=1, dropout=0.0, clock='fixed', lowpass_padding=padding,
-                             sine=sine, lowpass=lowpass)
+                             sine=sine, lowpass=lowpass, sine_norm=sine_norm)
     freq = TaskFrequencies(2, cfg.omega_scale_init, cfg.omega_offset_init, cfg.omega_spread, learnable=False)
     layer = SineAWBLinear(nn.Linear(8, 6), 2, 'fc1', 1, freq, cfg)
     with torch.no_grad():
@@ -216,7 +223,7 @@ def test_sine_awb_forward_against_explicit_convolutions():
 
 def test_clock_net_formula_by_hand():
     state = _TokenState(None, 2, 1, 'embedding')
-    clock = ClockNet(3, state, s_init=2.0, c_init=0.5)
+    clock = ClockNet(3, state, s_init=2.0, c_init=0.5, hidden=0)
     with torch.no_grad():
         clock.clock_w.copy_(torch.tensor([1.0, -2.0, 0.5]))
     tokens = torch.tensor([[1.0, -1.0, 2.0], [0.0, 3.0, -4.0]])
@@ -233,6 +240,53 @@ def test_clock_net_formula_by_hand():
     state.record(prompts)
     p = prompts[0].mean(0).view(2, 2, 3).mean(1)
     torch.testing.assert_close(clock(), clock.frequencies(p))
+    torch.testing.assert_close(clock.current(), clock.frequencies(p))   # the latest forward's, for records
+
+
+def test_clock_net_hidden_layer_by_hand():
+    """hidden=2: w_t = s (tanh(w . ReLU(U p_t + u) + b) + c)."""
+    state = _TokenState(None, 2, 1, 'stage')
+    clock = ClockNet(3, state, s_init=2.0, c_init=0.5, hidden=2)
+    with torch.no_grad():
+        clock.hidden.weight.copy_(torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.5]]))
+        clock.hidden.bias.copy_(torch.tensor([0.0, -1.0]))
+        clock.clock_w.copy_(torch.tensor([2.0, -1.0]))
+        clock.clock_b.fill_(0.25)
+    tokens = torch.tensor([[1.0, 2.0, 3.0], [3.0, 0.0, 1.0]])
+    # token 0: U p + u = [-2, 2] -> ReLU [0, 2] -> w . = -2 ; token 1: [2, 1] -> [2, 1] -> 3
+    expected = torch.tensor([2 * (math.tanh(-2 + 0.25) + 0.5), 2 * (math.tanh(3 + 0.25) + 0.5)])
+    torch.testing.assert_close(clock.frequencies(tokens), expected)
+    assert sum(p.numel() for p in clock.parameters()) == 3 * 2 + 2 + 2 + 1 + 2
+
+
+def test_task_centred_clock_input_sees_only_what_tells_tasks_apart():
+    """clock_input='task_centred': a component shared by all task tokens (which the image-driven
+    token updates add in every block) and the tokens' scale do not move the frequencies; the
+    task-specific part does."""
+    torch.manual_seed(0)
+    clock = ClockNet(6, _TokenState(None, 4, 1, 'stage'), hidden=5, w_std=0.3, task_centred=True)
+    tokens = torch.randn(4, 6)
+    w = clock.frequencies(tokens)
+    torch.testing.assert_close(clock.frequencies(3.0 * tokens + 50 * torch.randn(1, 6)), w)
+    centred = tokens - tokens.mean(0)
+    raw = ClockNet(6, _TokenState(None, 4, 1, 'stage'), hidden=5)
+    raw.load_state_dict(clock.state_dict())
+    torch.testing.assert_close(raw.frequencies(centred / centred.pow(2).mean().sqrt()), w)
+    assert w.max() - w.min() > 0.5                    # distinct tasks start at distinct frequencies
+
+
+def test_clock_nets_read_the_stage_token(toy_model):
+    """Default clocks read the task token entering their block: changing the image changes the
+    tokens after stage 1, hence the frequencies; the embedding itself is not what they read."""
+    model = copy.deepcopy(toy_model).eval()
+    fc1 = model.backbone.get_submodule('layers.2.blocks.1.mlp.fc1')
+    assert fc1.frequencies.hidden.in_features == model.backbone.layers[2].dim
+    with torch.no_grad():
+        model.backbone(torch.randn(1, 3, 224, 224))
+        a = fc1.frequencies.current().clone()
+        model.backbone(torch.randn(1, 3, 224, 224))
+        b = fc1.frequencies.current().clone()
+    assert not torch.allclose(a, b)
 
 
 # ----------------------------------------------------------------------------- shared decoder
@@ -280,10 +334,9 @@ def test_toy_sites_and_trainable_set(toy_model):
     awb = {n for n, m in bb.named_modules() if isinstance(m, SineAWBLinear)}
     assert awb == {f'layers.{i}.blocks.1.mlp.{k}' for i in range(4) for k in ('fc1', 'fc2')}
     assert isinstance(bb.get_submodule('layers.1.blocks.1.attn.proj'), LoRALinear)
-    assert isinstance(bb.get_submodule('layers.2.downsample.reduction'), LoRALinear)
+    assert type(bb.get_submodule('layers.2.downsample.reduction')) is nn.Linear      # frozen, no LoRA
     trainable = {n for n, p in toy_model.named_parameters() if p.requires_grad}
-    assert 'backbone.layers.2.downsample.reduction.base_layer.weight' not in trainable
-    assert 'backbone.layers.2.downsample.reduction.lora_A' in trainable
+    assert 'backbone.layers.2.downsample.reduction.weight' not in trainable
     assert 'backbone.layers.0.blocks.1.mlp.fc1.base_layer.weight' not in trainable
     assert {'backbone.prompt_embed.tokens', 'backbone.layers.1.prompt_merge.proj.weight',
             'backbone.layers.3.blocks.1.mlp.fc2.frequencies.clock_w', 'backbone.layers.3.blocks.1.mlp.fc2.awb_W',
@@ -391,7 +444,7 @@ def test_stage_clock_round_trip_and_copies():
 # ----------------------------------------------------------------------------- config
 @pytest.mark.parametrize('bad', [dict(awb_kinds=('qkv',)), dict(awb_kinds=()), dict(conv_kernel=2),
                                  dict(clock='nope'), dict(lowpass_size=4), dict(r=0),
-                                 dict(train_reductions=True), dict(shared_path='plain', independent_base=True)])
+                                 dict(train_reductions=True, reduction_lora=True), dict(shared_path='plain', independent_base=True)])
 def test_invalid_options_are_refused(bad):
     with pytest.raises(ValueError):
         FreeSinewichConfig(**bad)
@@ -411,3 +464,103 @@ def test_configs_cover_the_paper_rows():
             cfg = FreeSinewichConfig(**method)
             for k, val in opts.items():
                 assert getattr(cfg, k) == val, (v, k)
+
+
+# ----------------------------------------------------------------------------- precision, regime
+def test_kernels_are_fp32_under_bf16_autocast():
+    """bf16 would round w_t M before the sine; the kernels must match the fp32 ones exactly."""
+    torch.manual_seed(0)
+    cfg = FreeSinewichConfig(r=4, dropout=0.0, clock='fixed')
+    layer = SineAWBLinear(nn.Linear(16, 24), 3, 'fc1', 4, TaskFrequencies(3, 10.0, 1.0, 0.25, False), cfg)
+    with torch.no_grad():
+        layer.awb_A.normal_(0, 0.3)
+    ref = layer.task_kernels()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = layer.task_kernels()
+        out = layer(torch.randn(1, 2, 5, 5, 16))
+    assert got.dtype == torch.float32 and out.shape == (4, 2, 5, 5, 24)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    dec = SineSharedDecoder(MultiTaskDecoder(PASCAL, DATASET_TASKS['pascal_context'], (32, 64, 128, 128),
+                                             (4, 8, 8, 8), (56, 56)), TaskFrequencies(4, 10.0, 1.0, 0.25), 'sine')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert dec.shared_conv.task_weights().dtype == torch.float32
+
+
+def test_sine_regime_by_hand():
+    """Constant kernel pi/15, frequencies 7.5 and 12.5: arguments pi/2 and 5 pi/6."""
+    layer = _hand_layer()
+    reg = layer.sine_regime()
+    assert reg['max_abs_arg'] == pytest.approx(5 * math.pi / 6, rel=1e-6)
+    # |sin z - z| / z: task 0 (1 - pi/2) / (pi/2) in size, task 1 (5 pi/6 - 1/2) / (5 pi/6)
+    assert reg['max_rel_gap'] == pytest.approx(1 - 0.5 / (5 * math.pi / 6), rel=1e-5)
+    assert reg['mean_task_cosine'] == pytest.approx(1.0, abs=1e-6)   # constant kernels are parallel
+    with torch.no_grad():
+        layer.awb_A.zero_()
+    assert layer.sine_regime() is None                               # fresh layer: nothing to measure
+
+
+def test_record_extras_logs_the_sine_regime(toy_model):
+    model = copy.deepcopy(toy_model).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        model(x)                     # 'stage' clocks report the frequencies of the latest forward
+    assert model.method.record_extras(model)['sine_regime']['max_abs_arg'] is None   # fresh: all zero
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SineAWBLinear):
+                m.awb_A.normal_(0, 0.05)
+    reg = model.method.record_extras(model)['sine_regime']
+    assert len(reg['layers']) == 8
+    assert reg['max_abs_arg'] == max(v['max_abs_arg'] for v in reg['layers'].values())
+    assert -1 <= reg['mean_task_cosine'] <= 1 and reg['max_rel_gap'] > 0
+
+
+def test_rms_normalisation_by_hand():
+    """sine_norm='rms': z = w_t M / nu with nu = rms(M) w_ref / kappa, update gain * nu * sin(z);
+    the linearisation is the 'reference' one, and the update scales with M (sin is odd)."""
+    ref, layer = _hand_layer(lowpass=False), _hand_layer(lowpass=False, sine_norm='rms')
+    with torch.no_grad():
+        for m in (ref, layer):
+            m.awb_A.copy_(torch.tensor([1.0, -1.0, 2.0, 0.5, 0.0, -3.0]).view(6, 1))
+    M = torch.tensor([1.0, -1.0, 2.0, 0.5, 0.0, -3.0]).view(6, 1).expand(6, 8)
+    nu = math.sqrt((1 + 1 + 4 + 0.25 + 0 + 9) / 6) * 10.0 / 0.5           # kappa = 0.5 (default)
+    for t, w in enumerate((7.5, 12.5)):
+        torch.testing.assert_close(layer.task_kernels()[t, :, :, 0, 0], 0.4 * nu * torch.sin(w * M / nu))
+    z, nu_t = layer.sine_argument()
+    torch.testing.assert_close(layer._finish(z, nu_t, False), ref._finish(*ref.sine_argument(), False))
+    k = layer.task_kernels()
+    with torch.no_grad():
+        layer.awb_A.mul_(1e-3)
+    torch.testing.assert_close(layer.task_kernels(), 1e-3 * k)
+
+
+# ----------------------------------------------------------------------------- the sine acts
+#: Trained magnitudes from ``benchmarks/sine_regime.py`` (toy Swin, synthetic PASCAL-Context,
+#: 96 AdamW steps at lr 1e-3, every ``sine_norm``): rms of ``A`` 0.8e-2 to 1.0e-2 (``A`` starts at 0),
+#: ``W`` within 0.001 rms of its identity init, ``B`` at its init scale; trained frequencies of
+#: one layer (stage 3 fc1 of the default run), spread around ``w_ref = 10``.
+TRAINED_A_RMS = 1e-2
+TRAINED_OMEGA = (8.0, 9.5, 10.5, 12.0)
+
+
+def _swin_fc1_at_trained_magnitudes(**options):
+    """Sine-AWB on a Swin-T stage-3 fc1 (384 -> 1536, r = 64, 3x3 prior, 4 tasks)."""
+    cfg = FreeSinewichConfig(r=64, dropout=0.0, clock='fixed', **options)
+    freq = TaskFrequencies(4, 10.0, 1.0, 0.25, learnable=False)
+    freq.omega.copy_(torch.tensor(TRAINED_OMEGA))
+    layer = SineAWBLinear(nn.Linear(384, 1536), 4, 'fc1', 64, freq, cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layer.awb_A.copy_(TRAINED_A_RMS * torch.randn(layer.awb_A.shape, generator=g))
+    return layer
+
+
+def test_sine_acts_at_trained_magnitudes():
+    """The default normalisation keeps the sine out of its linear range: the task kernels differ
+    from their linearisation (the 'w/o sine' kernels) by more than 10 % and from each other
+    (mean cosine < 0.99). The former normalisation (w_t M / w_ref) at the same magnitudes is
+    linear and gives every task the same kernel: the test fails if the sine collapses back."""
+    reg = _swin_fc1_at_trained_magnitudes().sine_regime()
+    assert reg['max_rel_gap'] > 0.10 and reg['mean_task_cosine'] < 0.99, reg
+    old = _swin_fc1_at_trained_magnitudes(sine_norm='reference').sine_regime()
+    assert old['max_rel_gap'] < 0.01 and old['mean_task_cosine'] > 0.9999, old

@@ -183,12 +183,19 @@ def test_load_lists_bad_files_as_skipped(tmp_path):
     (tmp_path / '.partial.json.tmp').write_text('{')  # a writer's temp file: ignored
     (tmp_path / 'zz_dup.json').write_text(good.read_text())  # same run_id, read second
     (tmp_path / 'latin.json').write_bytes(b'\xff\xfe{')
+    (tmp_path / 'deep.json').write_text('[' * 100_000 + ']' * 100_000)  # once a RecursionError for every reader
+    infinite = json.loads(good.read_text())
+    infinite['run_id'] += 'x'
+    infinite['metrics'][infinite['tasks'][0]]['secondary'] = float('inf')  # once aborted the leaderboard
+    (tmp_path / 'inf.json').write_text(json.dumps(infinite))
 
     runs, skipped = R.load_records(tmp_path, kind='run')
     assert [r['run_id'] for r in runs] == [json.loads(good.read_text())['run_id']]
     reasons = {p.name: why for p, why in skipped}
     assert set(reasons) == {'broken.json', 'list.json', 'missing.json', 'future.json',
-                            'zz_dup.json', 'latin.json'}
+                            'zz_dup.json', 'latin.json', 'deep.json', 'inf.json'}
+    assert 'nested too deeply' in reasons['deep.json']
+    assert "['secondary'] is not a finite number or null: inf" in reasons['inf.json']
     assert 'duplicate run id' in reasons['zz_dup.json']
     assert 'not valid JSON' in reasons['broken.json']
     assert "missing field 'params'" in reasons['missing.json']
@@ -263,7 +270,7 @@ def test_pretrained_key():
     assert R.pretrained_key('/a/b/swin.pth') == R.pretrained_key('C:\\x\\swin.pth') == 'swin.pth'
     assert R.comparability_key(run_record()) == (
         'pascal_context', False, 'swin-t', (448, 448), 'resized-448',
-        'swin_tiny_patch4_window7_224.pth')
+        'swin_tiny_patch4_window7_224.pth', 'unknown')  # no protocol recorded: 'unknown'
 
 
 def test_uncomputable_metric_is_recorded_as_null(tmp_path):

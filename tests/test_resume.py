@@ -75,22 +75,27 @@ def _assert_same_run(a: Path, b: Path) -> None:
             assert rb['metrics'][t][m] == pytest.approx(v, rel=1e-5, abs=1e-6), (t, m)
 
 
-@pytest.mark.parametrize('how', ['SIGKILL', 'SIGTERM'])
-def test_interrupted_run_resumes_to_the_same_result(how, uninterrupted, pascal_root, tmp_path):
+@pytest.mark.parametrize('how, workers', [('SIGKILL', 0), ('SIGTERM', 0), ('SIGTERM to the group', 2)])
+def test_interrupted_run_resumes_to_the_same_result(how, workers, uninterrupted, pascal_root, tmp_path):
     work = tmp_path / 'w'
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen(python_cmd() + _args(pascal_root, work, tmp_path / 'runs'), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = _args(pascal_root, work, tmp_path / 'runs') + ['--num-workers', str(workers)]  # the last flag wins
+    # Slurm and `timeout` signal the whole process group, data-loader workers included
+    proc = subprocess.Popen(python_cmd() + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     _wait_for('Epoch(train) [2][2/', work, proc)  # mid-way through the second epoch
-    proc.send_signal(getattr(signal, how))
+    if how == 'SIGTERM to the group':
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(getattr(signal, how))
     rc = proc.wait(timeout=120)
-    if how == 'SIGTERM':
+    if how.startswith('SIGTERM'):
         assert rc == 143 and (work / 'preempt.pth').is_file()  # stopped after the iteration, checkpoint saved
     else:
         assert rc == -signal.SIGKILL
     assert not list(work.glob('.*.tmp*')), 'a half-written checkpoint was left behind'
     assert not list((tmp_path / 'runs').glob('*.json')) if (tmp_path / 'runs').exists() else True
-    _subprocess_run(_args(pascal_root, work, tmp_path / 'runs') + ['--resume'])
+    _subprocess_run(args + ['--resume'])
     _assert_same_run(uninterrupted, tmp_path)
 
 
@@ -109,3 +114,69 @@ def test_corrupt_newest_checkpoint_is_skipped(tmp_path, uninterrupted):
     data = (work / 'epoch_3.pth').read_bytes()
     (work / 'epoch_3.pth').write_bytes(data[: len(data) // 2])  # truncated
     assert find_resumable_checkpoint(str(work)) == str(work / 'epoch_2.pth')
+
+
+def test_default_work_dir_tells_variants_and_model_options_apart():
+    from mtlbench.run import RunOptions, _work_dir, prepare_config
+
+    def work_dir(**cfg_options):
+        opts = RunOptions(method='mtlora', cfg_options=cfg_options)
+        return _work_dir(opts, prepare_config(opts), 'mtlora')
+
+    r64, r8 = work_dir(), work_dir(**{'model.method.r': 8})
+    assert r64 != r8 and '_r=64_' in r64 and '_r=8_' in r8  # an r=8 run no longer overwrites an r=64 run
+    assert work_dir() == r64  # the same command finds its own checkpoints again
+    assert work_dir(**{'model.decoder.channels': (4, 8, 8, 8)}) != r64  # any option that changes the model
+
+
+def test_resume_skips_a_newer_checkpoint_of_another_model(pascal_root, tmp_path, capfd):
+    work = tmp_path / 'w'
+
+    def args(rank, epochs):
+        return ['run', '--method', 'mtlora', '--data-root', pascal_root, '--work-dir', str(work), '--results-dir',
+                str(tmp_path / 'runs'), '--epochs', str(epochs), '--batch-size', '2', '--num-workers', '0',
+                '--max-samples', '4', *IMG] + FAST + [f'model.method.r={rank}']
+
+    run_cli(args(4, 1))
+    os.replace(work / 'epoch_1.pth', work / 'r4_epoch_1.pth')
+    os.utime(work / 'r4_epoch_1.pth', (time.time() - 60, time.time() - 60))
+    run_cli(args(8, 1))  # newer, and of another rank
+    run_cli(args(4, 2) + ['--resume'])
+    out = capfd.readouterr()
+    logged = out.out + out.err + ''.join(p.read_text(errors='ignore') for p in work.glob('*/*.log'))
+    skipped = [line for line in logged.splitlines() if '--resume: skipping' in line]
+    assert any('epoch_1.pth' in m and 'trained as another model' in m and "'r': 8" in m for m in skipped), skipped
+    assert safe_torch_load(str(work / 'epoch_2.pth'))['meta']['epoch'] == 2  # resumed from the r=4 epoch 1
+
+
+def test_full_disk_during_a_save_leaves_no_temp_file(pascal_root, tmp_path, monkeypatch):
+    import errno
+
+    from mmengine.fileio.backends.local_backend import LocalBackend
+
+    def put_half_then_enospc(self, obj, filepath):
+        Path(filepath).write_bytes(obj[: len(obj) // 2])
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    work = tmp_path / 'w'
+    monkeypatch.setattr(LocalBackend, 'put', put_half_then_enospc)
+    with pytest.raises(OSError, match='No space left'):
+        run_cli(_args(pascal_root, work, tmp_path / 'runs') + ['--max-samples', '4'])
+    assert not list(work.glob('.*.tmp*')) and not list(work.glob('*.pth'))
+
+
+def test_temp_checkpoint_of_a_dead_writer_is_removed_at_start(tmp_path):
+    from mtlbench.engine.runner import remove_stale_temp_checkpoints
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    (tmp_path / f'.epoch_3.pth.tmp{dead.pid}').write_bytes(b'half')
+    (tmp_path / f'.epoch_3.pth.tmp{os.getppid()}').write_bytes(b'a live writer')
+    assert remove_stale_temp_checkpoints(str(tmp_path)) == [f'.epoch_3.pth.tmp{dead.pid}']
+    assert (tmp_path / f'.epoch_3.pth.tmp{os.getppid()}').exists()
+
+
+def test_resume_auto_starts_afresh_without_a_checkpoint(pascal_root, tmp_path):
+    """What a requeued sweep job runs: no checkpoint yet means a fresh start, not an error."""
+    assert run_cli(_args(pascal_root, tmp_path / 'w', tmp_path / 'runs') + ['--max-samples', '4', '--epochs', '1',
+                                                                            '--resume', 'auto']) == 0
+    assert (tmp_path / 'w' / 'epoch_1.pth').is_file() and len(list((tmp_path / 'runs').glob('*.json'))) == 1

@@ -65,6 +65,7 @@ def test_nyud_data_root_run(nyud_root, tmp_path):
     (rec,) = read_records(tmp_path / 'runs')
     assert rec['tasks'] == ['semseg', 'depth', 'normals']
     assert set(rec['metrics']['depth']) >= {'rmse', 'abs_rel'}
+    assert rec['protocol'] == 'train-keep-last' and rec['departures'] == ['train-keep-last']  # FAST's
 
 
 def test_single_task_baselines_give_delta_m(pascal_root, tmp_path):

@@ -38,9 +38,9 @@ def test_plan_sweep_jobs_and_commands():
                                                   ('faar', 0), ('faar', 1), ('faar', 2)]
     assert jobs[0].command() == [sys.executable, '-m', 'mtlbench.cli', 'run', '--method',
                                  'mtlora', '--seed', '0', '--dataset', 'pascal_context',
-                                 '--epochs', '5']
+                                 '--epochs', '5', '--resume', 'auto']
     assert jobs[3].variant == 'r=32'
-    assert jobs[3].cli_args()[-4:] == ['--cfg-options', 'method.rank=32', '--epochs', '5']
+    assert jobs[3].cli_args()[-6:-2] == ['--cfg-options', 'method.rank=32', '--epochs', '5']
     assert all(j.synthetic is None for j in jobs)  # neither --synthetic nor --data-root
     syn = plan_sweep([('mtlora', 'r=64')], [0, 0], 'nyudv2', ['--synthetic'])
     assert len(syn) == 1 and syn[0].synthetic and syn[0].variant == 'r=64'
@@ -125,12 +125,12 @@ def test_emit_slurm_script(tmp_path):
     assert text.startswith('#!/bin/bash\n')
     for line in ('#SBATCH --array=0-5%4', '#SBATCH --gres=gpu:2', '#SBATCH --partition=gpu',
                  '#SBATCH --cpus-per-task=16', 'GPUS=2', 'source .venv/bin/activate',
-                 'case "${SLURM_ARRAY_TASK_ID'):
+                 'case "${SLURM_ARRAY_TASK_ID', '#SBATCH --signal=B:TERM@120', '#SBATCH --requeue'):
         assert line in text, line
     for k, job in enumerate(jobs):
         assert f'  {k})  # {job.name}' in text
     assert ('torchrun --standalone --nproc_per_node=$GPUS -m mtlbench.cli run --method faar '
-            "--seed 2 --dataset pascal_context --work-dir 'work dirs/x' --launcher pytorch") in text
+            "--seed 2 --dataset pascal_context --work-dir 'work dirs/x' --resume auto --launcher pytorch") in text
     assert text.count('--launcher pytorch') == 6
     assert os.stat(path).st_mode & stat.S_IXUSR
     assert (tmp_path / 'slurm_logs').is_dir()  # Slurm needs it before the job starts
@@ -152,7 +152,7 @@ def test_slurm_task_runs_its_job(tmp_path):
                          text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == ('torchrun --standalone --nproc_per_node=3 -m mtlbench.cli run '
-                                  '--method faar --seed 0 --dataset nyudv2 --launcher pytorch')
+                                  '--method faar --seed 0 --dataset nyudv2 --resume auto --launcher pytorch')
     env['SLURM_ARRAY_TASK_ID'] = '7'
     assert subprocess.run(['bash', str(script)], cwd=tmp_path, env=env,
                           capture_output=True).returncode == 1
@@ -170,3 +170,30 @@ def test_unknown_synthetic_flag_matches_either(tmp_path):
 def test_job_name_is_readable():
     job = SweepJob('mtlora', 2, 'pascal_context', variant='r=64', synthetic=True)
     assert job.name == 'mtlora[r=64]_pascal_context_s2_synthetic'
+
+
+@pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
+def test_slurm_warning_signal_reaches_the_run_and_the_task_is_requeued(tmp_path):
+    """Slurm sends SIGTERM to the batch shell (--signal=B:TERM@120): the shell forwards it to the
+    run, which saves and exits 143; the script then requeues its array task."""
+    import signal
+    import time
+    script = emit_slurm(plan_sweep(['mtlora'], [0], 'nyudv2'), tmp_path / 'sweep.sh')
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    # a run that is pre-empted: on SIGTERM it "saves" and exits 143, as mtlbench run does
+    (fake / 'torchrun').write_text('#!/bin/bash\ntrap \'echo saved > "$OUT/preempt"; exit 143\' TERM\n'
+                                   'echo started > "$OUT/started"\nwhile true; do sleep 0.05; done\n')
+    (fake / 'scontrol').write_text('#!/bin/bash\necho "$*" > "$OUT/scontrol"\n')
+    for f in ('torchrun', 'scontrol'):
+        (fake / f).chmod(0o755)
+    env = dict(os.environ, PATH=f'{fake}:{os.environ["PATH"]}', SLURM_ARRAY_TASK_ID='0',
+               SLURM_ARRAY_JOB_ID='777', OUT=str(tmp_path))
+    proc = subprocess.Popen(['bash', str(script)], cwd=tmp_path, env=env)
+    deadline = time.time() + 30
+    while not (tmp_path / 'started').exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to the batch shell only, as B: does
+    assert proc.wait(timeout=30) == 143
+    assert (tmp_path / 'preempt').read_text().strip() == 'saved'
+    assert (tmp_path / 'scontrol').read_text().strip() == 'requeue 777_0'

@@ -4,8 +4,9 @@ _base_ = [
     '../_base_/schedules/adamw_300e.py',
     '../_base_/default_runtime.py',
 ]
-# FAAR (arXiv 2603.20403): DoRA adapters (initial rank 64) + PDRS rank shrinking (rho 0.95, every
-# epoch) + TS-PD decoder with XT-Cons. PatchMerging reductions frozen. The PDRS hook comes from
+# FAAR (arXiv 2603.20403): DoRA adapters (initial rank 64) + PDRS rank shrinking (every epoch
+# from the end of the lr warm-up until the ranks settle, 'gain' rule; see methods/faar/pdrs.py)
+# + TS-PD decoder with XT-Cons. PatchMerging reductions frozen. The PDRS hook comes from
 # the method (Method.runner_hooks), not from this file.
 model = dict(method=dict(type='faar', r=64, task_r=64, adapter='dora', pdrs=True, rho_shared=0.95, rho_task=0.95,
                          tspd=True, xtcons=True))

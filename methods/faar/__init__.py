@@ -13,10 +13,12 @@ Three parts, each switchable for the paper's ablations:
   Magnitude ``m`` per output unit starts at the frozen weight's row norms and ``B = 0``, so the
   adapted backbone starts as the pretrained one (tested).
 * **PDRS** (:mod:`.pdrs`): random prefix masking in training, per-component scores
-  ``1/2 (|<A_i, dL/dA_i>| + |<B_i, dL/dB_i>|)`` read by gradient hooks, EMA-smoothed; at the end
-  of every epoch each adapter keeps the fewest top-scored components covering ``rho = 0.95`` of
-  its score and drops the rest for good (real tensors shrink; optimizer state, checkpoints,
-  resume and DDP handled). :class:`~.pdrs.PDRSHook` (from :meth:`FAAR.runner_hooks`) does it in
+  ``1/2 (|<A_i, dL/dA_i>| + |<B_i, dL/dB_i>|)`` read by gradient hooks, EMA-smoothed; from the
+  end of the lr warm-up, at the end of every epoch each adapter drops the components its prune
+  rule rejects, for good (real tensors shrink; optimizer state, checkpoints, resume and DDP
+  handled), until the ranks have settled; then training goes on at the kept ranks without
+  masking. The paper's rule (keep the top components covering ``rho = 0.95`` of the score) is
+  ``prune_rule='coverage'``; the default ``'gain'`` rule is ours (see below). :class:`~.pdrs.PDRSHook` (from :meth:`FAAR.runner_hooks`) does it in
   mmengine. ``record_extras`` gives the per-adapter ``rank_history``;
   :func:`~.pdrs.format_rank_table` / :func:`~.pdrs.plot_rank_history` show it.
 * **TS-PD** (:mod:`.tspd`) via :meth:`FAAR.adapt_decoder`: per task and resolution a spectral
@@ -50,12 +52,26 @@ Not in paper (each one a :class:`~.config.FAARConfig` option):
   whose shared stream is unused): 3,385,738 parameters at rank 5.
 * Scale of ``B A``: a plain multiplier 4.0 (``scale``, as the pipeline's LoRA), constant under
   prefix masking (not rescaled by ``r / b``); dropout 0.05 on the low-rank path (``dropout``).
-* DoRA norm: exact gradient through ``||W + s B A||`` (``detach_norm=False``).
+* DoRA norm: a constant in backward (``detach_norm=True``), as DoRA's paper (section 4.3)
+  recommends and peft does (outputs and gradients checked against peft's ``DoraLinearLayer``);
+  ``False`` gives the exact gradient through ``||W + s B A||``.
+* PDRS prune rule and stop (evidence and the rank-recovery table in :mod:`.pdrs`; issue 13
+  found the paper's literal rule over-prunes a flat spectrum and never stops): a component is
+  kept while its score is at least ``gain_threshold = 0.25`` x the mean kept score
+  (``prune_rule='gain'``; ``'coverage'`` with ``rho_shared`` / ``rho_task`` is the paper's
+  text); each batch's scores are divided by their mean over the active prefix before the EMA
+  (``score_norm='active_mean'``; ``'none'``); the first prune comes at the end of the lr
+  warm-up (``prune_begin=None``; a number overrides); pruning stops for good once no rank
+  changed and every unit's kept scores were flat (lowest >= ``prune_flatness = 0.4`` x mean) for
+  ``prune_patience = 3`` prunes (``prune_stop='stable'``; ``'loss'``, ``'stable-or-loss'``,
+  ``'never'``); then the adapters train at the kept ranks without prefix masking
+  (``unmask_after_stop``), which brings the fit back to that of an unpruned adapter (0.56-0.90x
+  its error in the benchmark, against 1.8-14x with masking to the end). ``record_extras`` reports
+  the stop (``pdrs_stop``).
 * PDRS details: EMA ``beta = 0.85`` with bias correction; components outside the prefix keep
   their EMA (``score_inactive``); kept components keep their order (``keep_order``);
-  ``rho_shared`` / ``rho_task`` separately; ``min_rank = 1``; prune after every epoch from the
-  first (``prune_interval``, ``prune_begin``, ``prune_end``, ``prune_by_epoch=False`` for
-  iteration schedules); under DDP each rank scores its own gradients (the score buffers are
+  ``min_rank = 1``; prune after every epoch (``prune_interval``, ``prune_end``,
+  ``prune_by_epoch=False`` for iteration schedules); under DDP each rank scores its own gradients (the score buffers are
   kept out of DDP's buffer broadcast), scores are averaged over ranks at prune time, rank 0's
   decision is broadcast, and the DDP wrapper is rebuilt after each prune. See :mod:`.pdrs`.
 * TS-PD details: after the per-task channel downsampler (``tspd_position``), complex filters
@@ -68,18 +84,22 @@ Not in paper (each one a :class:`~.config.FAARConfig` option):
   non-zero identity; the low-rank ``A`` / ``B`` keep the recipe's 0.05.
 
 Ablation rows (``configs/faar/``): DoRA without PDRS (``pdrs=False, tspd=False``); PDRS with
-LoRA (``adapter='lora', tspd=False``); PDRS + DoRA without TS-PD (``tspd=False``); TS-PD
+LoRA (``adapter='lora', tspd=False``); PDRS + DoRA without TS-PD (``tspd=False``); TS-PD alone,
+the paper's "+ TS-PD (2)" row, each part being added on its own to the MTLoRA r=64 base
+(``faar-tspd``: ``adapter='lora', pdrs=False``, LoRA rank 64 in FAAR's layout); full FAAR
 without XT-Cons (``xtcons=False``).
 """
 from .config import FAARConfig
 from .dora import FAARLinear, FAARTaskLinear, dora_coefficient
 from .method import FAAR
-from .pdrs import (LowRankUnit, PDRSHook, average_rank, final_ranks, format_rank_table, ignore_pdrs_buffers_in_ddp,
-                   iter_units, plot_rank_history, prune_model, rank_history, rebuild_ddp, replace_in_optimizer,
-                   rewrap_runner_model, select_components, torch_optimizers, truncate_ranks)
+from .pdrs import (STOP_RULES, LowRankUnit, PDRSHook, PruneSchedule, average_rank, final_ranks, format_rank_table,
+                   freeze_ranks, ignore_pdrs_buffers_in_ddp, iter_units, plot_rank_history, prune_model, rank_history,
+                   rebuild_ddp, replace_in_optimizer, rewrap_runner_model, select_components, torch_optimizers,
+                   truncate_ranks, warmup_end)
 from .tspd import SpectralScale, TaskSpectralPyramid, TSPDDecoder, low_frequency_mask
 
 __all__ = ['FAAR', 'FAARConfig', 'FAARLinear', 'FAARTaskLinear', 'dora_coefficient', 'LowRankUnit', 'PDRSHook',
+           'PruneSchedule', 'STOP_RULES', 'freeze_ranks', 'warmup_end',
            'select_components', 'iter_units', 'prune_model', 'truncate_ranks', 'replace_in_optimizer',
            'torch_optimizers', 'rebuild_ddp', 'rewrap_runner_model', 'ignore_pdrs_buffers_in_ddp', 'rank_history',
            'final_ranks', 'average_rank', 'format_rank_table', 'plot_rank_history', 'SpectralScale',

@@ -30,8 +30,8 @@ class FAARConfig(MethodConfig):
     dropout: float = field(default=0.05, metadata={'help': 'dropout on the adapter input (low-rank path only)'})
     adapter: str = field(default='dora', metadata={
         'help': "'dora' (magnitude x normalised direction) or 'lora' (the 'PDRS with LoRA' ablation)"})
-    detach_norm: bool = field(default=False, metadata={
-        'help': 'DoRA: treat ||W + sBA|| as a constant in backward (the DoRA paper\'s memory saving)'})
+    detach_norm: bool = field(default=True, metadata={
+        'help': 'DoRA: treat ||W + sBA|| as a constant in backward (DoRA paper section 4.3, peft); False: exact'})
     kinds: Tuple[str, ...] = field(default=LINEAR_KINDS, metadata={
         'help': 'linears with a shared adapter (non-last blocks; in last blocks those not in task_kinds)'})
     task_kinds: Tuple[str, ...] = field(default=LINEAR_KINDS, metadata={
@@ -43,15 +43,34 @@ class FAARConfig(MethodConfig):
     prefix_masking: Optional[bool] = field(default=None, metadata={
         'help': 'train with a random prefix b ~ U{1..r} of components (None: same as pdrs)'})
     beta: float = field(default=0.85, metadata={'help': 'EMA factor of the per-batch component scores'})
-    rho_shared: float = field(default=0.95, metadata={'help': 'score mass the kept shared components must cover'})
-    rho_task: float = field(default=0.95, metadata={'help': 'score mass the kept per-task components must cover'})
+    prune_rule: str = field(default='gain', metadata={
+        'help': "'gain': keep a component while its score is >= gain_threshold x the mean kept score; "
+                "'coverage': the fewest top components covering rho of the score (the paper's text)"})
+    gain_threshold: float = field(default=0.25, metadata={'help': "threshold of prune_rule='gain'"})
+    score_norm: str = field(default='active_mean', metadata={
+        'help': "'active_mean': divide each batch's scores by their mean over the active prefix before the EMA; "
+                "'none': raw scores"})
+    rho_shared: float = field(default=0.95, metadata={
+        'help': "score mass the kept shared components must cover (prune_rule='coverage')"})
+    rho_task: float = field(default=0.95, metadata={
+        'help': "score mass the kept per-task components must cover (prune_rule='coverage')"})
     min_rank: int = field(default=1, metadata={'help': 'never prune an adapter below this rank'})
     prune_interval: int = field(default=1, metadata={'help': 'prune every N epochs (or N iterations)'})
     prune_by_epoch: bool = field(default=True, metadata={
         'help': 'count prune_interval / prune_begin / prune_end in epochs (True) or iterations (False)'})
-    prune_begin: int = field(default=1, metadata={'help': 'first prune after this many epochs (iterations)'})
+    prune_begin: Optional[int] = field(default=None, metadata={
+        'help': 'first prune after this many epochs (iterations); None: where the lr warm-up ends'})
     prune_end: Optional[int] = field(default=None, metadata={
-        'help': 'no prune after this many epochs (iterations); None: never stop'})
+        'help': 'no prune after this many epochs (iterations); None: until the stop rule fires'})
+    prune_stop: str = field(default='stable', metadata={
+        'help': "when pruning stops for good: 'stable' (ranks unchanged and kept scores flat for prune_patience "
+                "prunes), 'loss' (the training loss rose by prune_loss_tol after a prune), 'stable-or-loss', 'never'"})
+    prune_patience: int = field(default=3, metadata={'help': "prunes in a row for prune_stop='stable'"})
+    prune_flatness: float = field(default=0.4, metadata={
+        'help': "lowest / mean kept score that counts as settled for prune_stop='stable'"})
+    prune_loss_tol: float = field(default=0.05, metadata={'help': "relative loss rise for prune_stop='loss'"})
+    unmask_after_stop: bool = field(default=True, metadata={
+        'help': 'once pruning stopped, train at the kept ranks without prefix masking (and without scoring)'})
     score_inactive: str = field(default='keep', metadata={
         'help': "components outside this batch's prefix: 'keep' their EMA or count a score of 'zero'"})
     keep_order: str = field(default='index', metadata={
@@ -83,6 +102,8 @@ class FAARConfig(MethodConfig):
             raise ValueError(f'faar: dropout must be in [0, 1), got {self.dropout}')
         choices = dict(adapter=('dora', 'lora'), task_block_shared=('frozen', 'adapter'),
                        score_inactive=('keep', 'zero'), keep_order=('index', 'score'),
+                       prune_rule=('gain', 'coverage'), score_norm=('active_mean', 'none'),
+                       prune_stop=('stable', 'loss', 'stable-or-loss', 'never'),
                        tspd_position=('after_downsampler', 'before_downsampler'), tspd_filter=('complex', 'real'))
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -94,10 +115,15 @@ class FAARConfig(MethodConfig):
                 raise ValueError(f'faar: {name} must be in (0, 1], got {getattr(self, name)}')
         if self.min_rank < 1:
             raise ValueError(f'faar: min_rank must be >= 1, got {self.min_rank}')
-        if self.prune_interval < 1 or self.prune_begin < 1:
+        if self.prune_interval < 1 or (self.prune_begin is not None and self.prune_begin < 1):
             raise ValueError(f'faar: prune_interval and prune_begin must be >= 1, got '
                              f'{self.prune_interval}, {self.prune_begin}')
-        if self.prune_end is not None and self.prune_end < self.prune_begin:
+        if not 0.0 < self.gain_threshold < 1.0:
+            raise ValueError(f'faar: gain_threshold must be in (0, 1), got {self.gain_threshold}')
+        if self.prune_patience < 1 or not 0.0 <= self.prune_flatness <= 1.0 or self.prune_loss_tol < 0:
+            raise ValueError(f'faar: prune_patience >= 1, prune_flatness in [0, 1], prune_loss_tol >= 0; got '
+                             f'{self.prune_patience}, {self.prune_flatness}, {self.prune_loss_tol}')
+        if self.prune_end is not None and self.prune_begin is not None and self.prune_end < self.prune_begin:
             raise ValueError(f'faar: prune_end={self.prune_end} < prune_begin={self.prune_begin}')
         if not 0.0 < self.xtcons_radius <= 0.75:
             raise ValueError(f'faar: xtcons_radius must be in (0, 0.75], got {self.xtcons_radius}')

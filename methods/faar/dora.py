@@ -12,7 +12,9 @@ only a random prefix ``A[:b]``, ``B[:, :b]`` is used, and PDRS may shrink it.
 
 Computed without materialising ``W'`` for the product:
 ``y = (m / ||W + s B A||) * (W x + s B A dropout(x)) + b``; only the row norms need ``W + s B A``
-(computed in fp32 with autocast off, so AMP does not perturb the start).
+(computed in fp32 with autocast off, so AMP does not perturb the start). By default the norm is
+a constant in backward (``detach_norm=True``): DoRA's paper (section 4.3) recommends it, and
+peft's ``DoraLinearLayer`` does it; outputs and gradients match peft's layer (tested).
 
 * :class:`FAARLinear`: one shared adapter applied to every stream (``[S, ..., in] -> [S, ..., out]``).
 * :class:`FAARTaskLinear`: one adapter per task in the last block of each stage
@@ -84,14 +86,14 @@ class FAARLinear(AdapterLayer):
         scale: multiplier of ``B A``.
         dropout: dropout on the low-rank path's input.
         variant: ``'dora'`` or ``'lora'``.
-        detach_norm: DoRA norm without gradient.
+        detach_norm: DoRA norm without gradient (default, as DoRA's section 4.3 and peft).
         **unit_kw: :class:`LowRankUnit` options (prefix masking, scoring, beta, rho, ...).
 
     Shapes: ``[S, ..., in] -> [S, ..., out]``.
     """
 
     def __init__(self, base_layer: nn.Linear, r: int, scale: float = 4.0, dropout: float = 0.0,
-                 variant: str = 'dora', detach_norm: bool = False, **unit_kw) -> None:
+                 variant: str = 'dora', detach_norm: bool = True, **unit_kw) -> None:
         super().__init__(base_layer)
         if variant not in ('dora', 'lora'):
             raise ValueError(f"variant must be 'dora' or 'lora', got {variant!r}")
@@ -155,7 +157,7 @@ class FAARTaskLinear(AdapterLayer):
         scale: multiplier of ``B A``.
         dropout: dropout on the low-rank path's input.
         variant: ``'dora'`` or ``'lora'``.
-        detach_norm: DoRA norm without gradient.
+        detach_norm: DoRA norm without gradient (default, as DoRA's section 4.3 and peft).
         shared: ``'frozen'`` (shared stream ``W x_0 + b``) or ``'adapter'`` (a shared adapter).
         shared_r: initial rank of that shared adapter.
         shared_unit_kw: :class:`LowRankUnit` options of the shared adapter (default: ``unit_kw``).
@@ -165,7 +167,7 @@ class FAARTaskLinear(AdapterLayer):
     """
 
     def __init__(self, base_layer: nn.Linear, tasks: Sequence[str], r: int, scale: float = 4.0,
-                 dropout: float = 0.0, variant: str = 'dora', detach_norm: bool = False, shared: str = 'frozen',
+                 dropout: float = 0.0, variant: str = 'dora', detach_norm: bool = True, shared: str = 'frozen',
                  shared_r: Optional[int] = None, shared_unit_kw: Optional[dict] = None, **unit_kw) -> None:
         super().__init__(base_layer)
         if variant not in ('dora', 'lora'):

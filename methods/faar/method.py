@@ -28,13 +28,16 @@ class FAAR(Method):
         super().__init__(config, tasks)
         self._feature_sizes: Optional[List[Tuple[int, int]]] = None
         self._feature_channels: Optional[List[int]] = None
+        self._hook: Optional[PDRSHook] = None
 
     def variant(self) -> str:
         c = self.config
         parts = [f'r={c.r}' if c.r == c.task_r else f'r={c.r}/{c.task_r}', c.adapter]
-        if c.pdrs:
-            parts.append('pdrs' if (c.rho_shared, c.rho_task) == (0.95, 0.95)
-                         else f'pdrs rho={c.rho_shared}/{c.rho_task}')
+        if c.pdrs and c.prune_rule == 'coverage':
+            parts.append('pdrs coverage' if (c.rho_shared, c.rho_task) == (0.95, 0.95)
+                         else f'pdrs coverage rho={c.rho_shared}/{c.rho_task}')
+        elif c.pdrs:
+            parts.append('pdrs' if c.gain_threshold == 0.25 else f'pdrs gain={c.gain_threshold}')
         if c.tspd:
             parts.append('ts-pd' if c.xtcons else 'ts-pd w/o xt-cons')
         return ' '.join(parts)
@@ -42,7 +45,8 @@ class FAAR(Method):
     def _unit_kw(self, rho: float) -> Dict[str, Any]:
         c = self.config
         return dict(prefix_masking=c.prefix_masking, scoring=c.pdrs, beta=c.beta, rho=rho, min_rank=c.min_rank,
-                    score_inactive=c.score_inactive, keep_order=c.keep_order)
+                    score_inactive=c.score_inactive, keep_order=c.keep_order, prune_rule=c.prune_rule,
+                    gain_threshold=c.gain_threshold, score_norm=c.score_norm)
 
     def adapt(self, backbone: nn.Module) -> List[str]:
         c = self.config
@@ -93,10 +97,18 @@ class FAAR(Method):
         c = self.config
         if not c.pdrs:
             return []
-        return [PDRSHook(interval=c.prune_interval, by_epoch=c.prune_by_epoch, begin=c.prune_begin,
-                         end=c.prune_end)]
+        self._hook = PDRSHook(interval=c.prune_interval, by_epoch=c.prune_by_epoch, begin=c.prune_begin,
+                              end=c.prune_end, stop=c.prune_stop, patience=c.prune_patience,
+                              loss_tol=c.prune_loss_tol, unmask_after_stop=c.unmask_after_stop,
+                              flatness=c.prune_flatness)
+        return [self._hook]
 
     def record_extras(self, model: nn.Module) -> Dict[str, Any]:
         """``{'rank_history': [{'epoch' | 'iter', 'layer', 'task', 'rank'}, ...]}`` (initial ranks
-        and every change; the last entry per adapter is its final rank)."""
-        return dict(rank_history=rank_history(model))
+        and every change; the last entry per adapter is its final rank), and with PDRS
+        ``{'pdrs_stop': {'step', 'reason'}}`` (``None`` values if pruning never stopped)."""
+        extras: Dict[str, Any] = dict(rank_history=rank_history(model))
+        hook = getattr(self, '_hook', None)
+        if hook is not None:
+            extras['pdrs_stop'] = dict(step=hook.schedule.stop_step, reason=hook.schedule.stop_reason)
+        return extras

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from typing import Any, List
+import logging
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
-from mmengine.logging import HistoryBuffer
+from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = ['ALLOWED_GLOBALS', 'safe_torch_load', 'register_safe_loader', 'CheckpointError',
@@ -68,14 +69,32 @@ def register_safe_loader() -> None:
         return safe_torch_load(osp.expanduser(filename), map_location)
 
 
-def find_resumable_checkpoint(work_dir: str) -> str | None:
-    """Newest checkpoint in ``work_dir`` that loads, skipping truncated or corrupt ones.
+def find_resumable_checkpoint(work_dir: str,
+                              accept: Optional[Callable[[dict], Optional[str]]] = None) -> str | None:
+    """Newest checkpoint in ``work_dir`` that loads and that ``accept`` does not reject.
 
     Checkpoints (``epoch_N.pth``, ``preempt.pth``) are tried newest first by modification time,
-    so normally only one file is read.
+    so normally only one file is read. ``accept(checkpoint)`` returns None to take it, or the
+    reason to skip it (another model, say); every skipped file is logged with its reason.
     """
     if not osp.isdir(work_dir):
         return None
+    paths = [osp.join(work_dir, n) for n in os.listdir(work_dir) if n.endswith('.pth') and not n.startswith('.')]
+    for path in sorted(paths, key=osp.getmtime, reverse=True):
+        try:
+            ckpt = safe_torch_load(path)
+            ckpt['meta']
+        except Exception as err:  # noqa: BLE001 - unreadable checkpoints are skipped
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            print_log(f'--resume: skipping {path}: it does not load ({first})', logger='current',
+                      level=logging.WARNING)
+            continue
+        reason = accept(ckpt) if accept is not None else None
+        if reason is not None:
+            print_log(f'--resume: skipping {path}: {reason}', logger='current', level=logging.WARNING)
+            continue
+        return path
+    return None
     paths = [osp.join(work_dir, n) for n in os.listdir(work_dir) if n.endswith('.pth') and not n.startswith('.')]
     for path in sorted(paths, key=osp.getmtime, reverse=True):
         try:

@@ -13,21 +13,61 @@ workers, not in the checkpoint), and a restart in the middle of an epoch. So:
 """
 from __future__ import annotations
 
+import os
 import random
+import signal
 from typing import Any, Iterator, Optional, Sized, Tuple
 
 import numpy as np
 from mmengine.dataset import DefaultSampler
+from mmengine.dataset import worker_init_fn as mmengine_worker_init_fn
 from torch.utils.data import Dataset
 
-from mtlbench.registry import DATA_SAMPLERS, DATASETS
+from mtlbench.registry import DATA_SAMPLERS, DATASETS, FUNCTIONS
 
-__all__ = ['ResumableSampler', 'SeededDataset', 'sample_seed']
+__all__ = ['ResumableSampler', 'SeededDataset', 'sample_seed', 'preemptible_worker_init', 'stop_data_workers']
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 32-bit seed determined by ``(seed, epoch, index)``."""
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(1)[0])
+
+
+@FUNCTIONS.register_module()
+def preemptible_worker_init(worker_id: int, num_workers: int, seed: int) -> None:
+    """Data-loader worker start-up: ignore SIGTERM and SIGINT, then mmengine's worker seeding.
+
+    Slurm, ``timeout`` and Ctrl-C signal the whole process group. A worker that died of the
+    signal would fail the main process's next batch before it could save ``preempt.pth``; a
+    worker that ignores it keeps serving until the main process, which handles the signal (see
+    :class:`~mtlbench.engine.loops.ResumableEpochBasedTrainLoop`), saves and shuts it down.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mmengine_worker_init_fn(worker_id, num_workers=num_workers, rank=int(os.environ.get('RANK', 0)), seed=seed)
+
+
+def stop_data_workers() -> int:
+    """Shut down every live data-loader worker pool of this process; returns how many.
+
+    Workers ignore SIGTERM (:func:`preemptible_worker_init`), so multiprocessing's exit-time
+    ``terminate()`` + ``join()`` would wait for them forever: a run stops its workers itself,
+    however it ends. The pools are found through the garbage collector because mmengine's loops
+    own the loaders and their (persistent or in-flight) iterators.
+    """
+    import gc
+
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    stopped = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, DataLoader) and getattr(obj, '_iterator', None) is not None:
+            obj._iterator = None  # a persistent pool: the loader would otherwise reuse it
+        elif isinstance(obj, _MultiProcessingDataLoaderIter) and not obj._shutdown:
+            obj._shutdown_workers()
+            stopped += 1
+    return stopped
 
 
 @DATA_SAMPLERS.register_module()
