@@ -399,7 +399,7 @@ def _evaluate_only(opts: RunOptions, cfg: Config) -> List[Path]:
     """Score a checkpoint on the val split (no training, no run record): writes
     ``<work_dir>/eval_metrics.json`` and returns its path (rank 0).
 
-    The checkpoint is an mtlbench one or an MTLoRA reference one, loaded strictly by
+    The checkpoint is an mtlbench one or an MTLoRA / DiTASK reference one, loaded strictly by
     :func:`mtlbench.interop.load_for_evaluation`: a checkpoint of another method, variant,
     dataset or task list is refused with one line naming both."""
     import json

@@ -3,7 +3,8 @@
 * A checkpoint in the MTLoRA reference's format (its ``main.py`` saves ``{'model': state_dict,
   'config': yacs CfgNode, ...}``), saved from the reference model itself (built on CPU from
   ``MTLBENCH_MTLORA_REF``; skipped without it), imports into mtlbench's MTLoRA and gives the
-  reference's outputs; ``mtlbench run --eval-only`` scores it.
+  reference's outputs; ``mtlbench run --eval-only`` scores it. The same for DiTASK's model (same
+  format, built from ``MTLBENCH_DITASK_REF``).
 * ``--eval-only`` refuses, with one line naming both, an mtlbench checkpoint of another method
   or of MTLoRA at another rank (it used to load non-strictly and score it), and a file that is
   no checkpoint; nothing in a checkpoint is executed.
@@ -29,6 +30,7 @@ from mtlbench.model import MultiTaskModel
 from mtl_testing import FAST, IMG, run_cli
 
 REF_DIR = os.environ.get('MTLBENCH_MTLORA_REF')
+DITASK_REF_DIR = os.environ.get('MTLBENCH_DITASK_REF')  # a checkout of Malygossssss/DiTASK @ 1ef40ae
 TASKS = ('semseg', 'human_parts', 'sal', 'normals')
 TOY = dict(arch='toy', img_size=128, window_size=4, decoder_channels=(4, 8, 8, 8))
 R, TASK_R = 8, 2  # distinct ranks: a swapped or mis-stacked factor cannot fit by accident
@@ -137,6 +139,35 @@ def test_mtlora_plus_reference_weights_give_reference_outputs():
     assert max((out_ours[t] - out_ref[t]).abs().max().item() for t in TASKS) < 1e-5
 
 
+def test_ditask_reference_weights_give_reference_outputs(tmp_path):
+    """DiTASK's checkpoints have MTLoRA's layout with thetas for factors; the release's inert
+    per-task thetas on qkv are dropped (mtlbench's default) or kept (``inert_qkv_task_theta``)."""
+    if not DITASK_REF_DIR:
+        pytest.skip('MTLBENCH_DITASK_REF (a checkout of Malygossssss/DiTASK @ 1ef40ae) not set')
+    pytest.importorskip('difw')
+    torch.manual_seed(0)
+    ref = _compare_tool().build_reference_ditask(DITASK_REF_DIR, 8, 3, TOY['img_size'], arch=TOY['arch'],
+                                                 window_size=TOY['window_size'],
+                                                 decoder_channels=TOY['decoder_channels']).eval()
+    path = tmp_path / 'ditask.pth'
+    torch.save({'model': ref.state_dict(), 'epoch': 299}, path)
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out_ref = ref(x)
+    for inert in (False, True):
+        ours = MultiTaskModel('pascal_context', dict(type='ditask', num_cells=8, task_num_cells=3,
+                                                     inert_qkv_task_theta=inert),
+                              dict(arch='toy', img_size=(128, 128), window_size=4), tasks=TASKS,
+                              decoder=dict(channels=(4, 8, 8, 8))).eval()
+        assert load_for_evaluation(str(path), ours) == 'ditask-reference'
+        with torch.no_grad():
+            out_ours = ours(x)
+        assert max((out_ours[t] - out_ref[t]).abs().max().item() for t in TASKS) < 1e-5, inert
+    back = mtlbench_to_reference(ours.state_dict(), TASKS, 'ditask')  # the inert ones kept: exact inverse
+    expected = {k: v for k, v in ref.state_dict().items() if not k.endswith(('relative_position_index', 'attn_mask'))}
+    assert sorted(back) == sorted(expected) and all(torch.equal(back[k], expected[k]) for k in expected)
+
+
 def test_export_restores_the_reference_state(reference):
     """mtlbench -> reference names is the exact inverse: every reference tensor comes back,
     bit for bit, except the buffers the reference recomputes."""
@@ -153,7 +184,7 @@ def test_reference_checkpoint_at_another_rank_is_refused(reference):
     _, path = reference
     with pytest.raises(ReferenceCheckpointError, match=r'r=8, task_r=2.*does not fit mtlora r=8.*shape'):
         load_for_evaluation(str(path), _toy_mtlbench(task_r=4))
-    with pytest.raises(ReferenceCheckpointError, match='holds an MTLoRA model; this run builds ditask'):
+    with pytest.raises(ReferenceCheckpointError, match='holds MTLoRA weights; this run builds ditask'):
         load_for_evaluation(str(path), _toy_mtlbench(method='ditask'))
 
 
@@ -266,3 +297,16 @@ def test_reference_task_factors_must_cover_exactly_the_model_tasks():
     dropped = {k: v for k, v in state.items() if not k.endswith('.lora_tasks_A.sal')}
     with pytest.raises(ReferenceCheckpointError, match="tasks .* in the checkpoint, the model has"):
         reference_to_mtlbench(dropped, TASKS)
+
+
+def test_declared_config_is_read_as_data_never_run(tmp_path, monkeypatch):
+    """What an mtlbench checkpoint was trained as comes from mmengine's config text, parsed as
+    literals: code in it is not run, and the checkpoint is then checked by its tensors alone."""
+    monkeypatch.chdir(tmp_path)
+    model = _toy_mtlbench()
+    text = "model = dict(method=dict(type=__import__('os').system('echo pwned > pwned.txt')))"
+    path = tmp_path / 'crafted.pth'
+    torch.save({'meta': {'cfg': text}, 'state_dict': _toy_mtlbench(r=4).state_dict()}, path)
+    with pytest.raises(CheckpointMismatchError, match='without a readable config.*shape'):
+        load_for_evaluation(str(path), model)
+    assert not (tmp_path / 'pwned.txt').exists()

@@ -23,8 +23,9 @@ difference (``results/parity/``).
 
     python tools/compare_reference.py --reference-dir ~/src/MTLoRA --train-steps 20 --img-size 224
 
-TADFormer and DiTASK are not supported: TADFormer's repository must not be run (see
-``shared/reference/methods.md``), and DiTASK's release lacks its model file.
+``--method ditask`` builds DiTASK from the fork Malygossssss/DiTASK @ 1ef40ae (the release lacks
+its model file; the fork adds it). TADFormer is not supported: its repository must not be run
+(see ``shared/reference/methods.md``).
 """
 from __future__ import annotations
 
@@ -45,25 +46,29 @@ TASKS = ('semseg', 'human_parts', 'sal', 'normals')
 NUM_OUTPUTS = {'semseg': 21, 'human_parts': 7, 'sal': 1, 'normals': 3}
 
 
-def _import_reference(reference_dir: str):
+def _import_reference(reference_dir: str, model_file: str = 'swin_transformer_mtlora'):
     """Import the reference's model modules without running its ``models/__init__.py`` (which
     pulls in its whole training stack). Its HRNet head imports ``ptflops`` (FLOP counting,
-    unused here): a stub stands in when the package is not installed."""
+    unused here): a stub stands in when the package is not installed. MTLoRA's and DiTASK's
+    code bases both name their package ``models``: one imported before is dropped first."""
     reference_dir = os.path.abspath(reference_dir)
-    if not os.path.isfile(os.path.join(reference_dir, 'models', 'swin_transformer_mtlora.py')):
-        raise SystemExit(f'{reference_dir} is not a checkout of scale-lab/MTLoRA (models/swin_transformer_mtlora.py missing)')
+    if not os.path.isfile(os.path.join(reference_dir, 'models', f'{model_file}.py')):
+        raise SystemExit(f'{reference_dir} is not the expected reference checkout (models/{model_file}.py missing)')
     try:
         importlib.import_module('ptflops')
     except ImportError:
         stub = types.ModuleType('ptflops')
         stub.get_model_complexity_info = lambda *args, **kwargs: (None, None)
         sys.modules['ptflops'] = stub
-    pkg = types.ModuleType('models')
-    pkg.__path__ = [os.path.join(reference_dir, 'models')]
-    sys.modules['models'] = pkg
-    if reference_dir not in sys.path:
-        sys.path.insert(0, reference_dir)
-    swin = importlib.import_module('models.swin_transformer_mtlora')
+    models_dir = os.path.join(reference_dir, 'models')
+    if list(getattr(sys.modules.get('models'), '__path__', [])) != [models_dir]:
+        for name in [n for n in sys.modules if n == 'models' or n.startswith('models.')]:
+            del sys.modules[name]
+        pkg = types.ModuleType('models')
+        pkg.__path__ = [models_dir]
+        sys.modules['models'] = pkg
+    sys.path[:] = [reference_dir] + [q for q in sys.path if q != reference_dir]
+    swin = importlib.import_module(f'models.{model_file}')
     mtl = importlib.import_module('models.swin_mtl')
     return swin, mtl
 
@@ -153,9 +158,63 @@ def map_reference_to_ours(ref_state: Dict[str, torch.Tensor]) -> Dict[str, torch
     return reference_to_mtlbench(ref_state, TASKS)
 
 
+def build_ours_ditask(num_cells: int, task_num_cells: int, img_size: int, arch: str = 'tiny', window_size: int = 7,
+                      decoder_channels: Sequence[int] = (18, 36, 72, 144), tasks=TASKS):
+    import mtlbench.methods  # noqa: F401
+    from mtlbench.model import MultiTaskModel
+    return MultiTaskModel('pascal_context', dict(type='ditask', num_cells=num_cells, task_num_cells=task_num_cells),
+                          dict(arch=arch, img_size=(img_size, img_size), window_size=window_size, drop_path_rate=0.2),
+                          tasks=tasks, decoder=dict(channels=tuple(decoder_channels)))
+
+
+def build_reference_ditask(reference_dir: str, num_cells: int, task_num_cells: int, img_size: int,
+                           arch: str = 'tiny', window_size: int = 7,
+                           decoder_channels: Sequence[int] = (18, 36, 72, 144), tasks=TASKS):
+    """DiTASK's model (the fork Malygossssss/DiTASK @ 1ef40ae, which adds the release's missing
+    ``models/swin_transformer_ditask.py``) as its ``ditask_tiny_448_r64`` config builds it. Its
+    ``difw.Cpab(device='gpu')`` is redirected to the CPU and to difw's pure-PyTorch closed form
+    (``use_slow``): its JIT-compiled CPU kernel is built with -ffast-math and returns non-monotone
+    grids with this toolchain (see tests/test_method_ditask.py); the release ran the CUDA kernel,
+    which implements the same closed form."""
+    import difw
+    from mtlbench.backbones.swin import SWIN_ARCHS
+
+    if not getattr(difw.Cpab, '_mtlbench_cpu', False):
+        gpu_cpab = difw.Cpab
+
+        class CpuCpab(gpu_cpab):
+            _mtlbench_cpu = True
+
+            def __init__(self, *args, **kwargs):
+                kwargs['device'] = 'cpu'
+                super().__init__(*args, **kwargs)
+                self.params.use_slow = True
+        difw.Cpab = CpuCpab
+    swin, mtl = _import_reference(reference_dir, 'swin_transformer_ditask')
+    dims = SWIN_ARCHS[arch]
+    ranks = {'shared': num_cells, **{t: task_num_cells for t in tasks}}
+    ditask = _Cfg(ENABLED=True, QKV_ENABLED=True, PROJ_ENABLED=True, FC1_ENABLED=True, FC2_ENABLED=True,
+                  DOWNSAMPLER_ENABLED=False, R_PER_TASK_LIST=[ranks] * 4, SHARED_SCALE=[1.0] * 4,
+                  SCALE_PER_TASK_LIST=[{t: 1.0 for t in tasks}] * 4, DROPOUT=[0.05] * 4,
+                  INTERMEDIATE_SPECIALIZATION=False, TRAINABLE_SCALE_SHARED=False, TRAINABLE_SCALE_PER_TASK=False,
+                  SHARED_MODE='matrix')
+    encoder = swin.SwinTransformerDiTASK(img_size=img_size, patch_size=4, in_chans=3, num_classes=0,
+                                         embed_dim=dims['embed_dim'], depths=list(dims['depths']),
+                                         num_heads=list(dims['num_heads']), window_size=window_size,
+                                         drop_path_rate=0.2, tasks=list(tasks), DITASK=ditask)
+    config = _Cfg(TASKS=list(tasks), TASKS_CONFIG=_Cfg(ALL_TASKS=_Cfg(NUM_OUTPUT=NUM_OUTPUTS)),
+                  MODEL=_Cfg(TYPE='swin', DECODER_HEAD={t: 'hrnet' for t in tasks}, DITASK=ditask,
+                             MTLORA=_Cfg(ENABLED=False), DECODER_CHANNELS=list(decoder_channels),
+                             DECODER_DOWNSAMPLER=True, PER_TASK_DOWNSAMPLER=True, SWIN=_Cfg(WINDOW_SIZE=window_size)),
+                  DATA=_Cfg(IMG_SIZE=img_size))
+    return mtl.MultiTaskSwin(encoder, config)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--method', default='mtlora', choices=['mtlora'])
+    p.add_argument('--method', default='mtlora', choices=['mtlora', 'ditask'],
+                   help='ditask: --reference-dir is a checkout of Malygossssss/DiTASK @ 1ef40ae; --r / --task-r '
+                        'are its shared / per-task CPA cells (release: 64 / 4)')
     p.add_argument('--reference-dir', required=True)
     p.add_argument('--r', type=int, default=64)
     p.add_argument('--task-r', type=int, default=4)
@@ -176,10 +235,15 @@ def main(argv=None) -> int:
     p.add_argument('--base-lr', type=float, default=5e-4, help='--train-steps: lr for a batch of 512 (reference)')
     args = p.parse_args(argv)
     if args.train_steps:
+        if args.method != 'mtlora':
+            p.error('--train-steps drives the MTLoRA reference only')
         return train_steps(args)
 
     torch.manual_seed(args.seed)
-    ref = build_reference(args.reference_dir, args.r, args.task_r, args.img_size, args.plus).eval()
+    if args.method == 'ditask':
+        ref = build_reference_ditask(args.reference_dir, args.r, args.task_r, args.img_size).eval()
+    else:
+        ref = build_reference(args.reference_dir, args.r, args.task_r, args.img_size, args.plus).eval()
     with torch.no_grad():  # non-zero B so that every adapter contributes
         for n, prm in ref.named_parameters():
             if 'lora_' in n and ('_B' in n):
@@ -189,7 +253,10 @@ def main(argv=None) -> int:
                 buf.normal_(0, 0.1)
             elif n.endswith('running_var'):
                 buf.uniform_(0.5, 1.5)
-    ours = build_ours(args.r, args.task_r, args.img_size, args.plus).eval()
+    if args.method == 'ditask':
+        ours = build_ours_ditask(args.r, args.task_r, args.img_size).eval()
+    else:
+        ours = build_ours(args.r, args.task_r, args.img_size, args.plus).eval()
     from mtlbench.interop import ReferenceCheckpointError, import_reference_state
     try:  # strict: every reference tensor used, every mtlbench tensor filled, shapes equal
         import_reference_state(ours, ref.state_dict(), source='reference model')
@@ -200,7 +267,9 @@ def main(argv=None) -> int:
     with torch.no_grad():
         out_ref = ref(x)
         out_ours = ours(x)
-    print(f'MTLoRA r={args.r} task_r={args.task_r} plus={args.plus} img={args.img_size} batch={args.batch_size}')
+    label = f'DiTASK cells={args.r}/{args.task_r}' if args.method == 'ditask' else \
+        f'MTLoRA r={args.r} task_r={args.task_r} plus={args.plus}'
+    print(f'{label} img={args.img_size} batch={args.batch_size}')
     print(f'  mtlbench trainable params: {ours.param_breakdown()["total_trainable"]:,}')
     worst = 0.0
     for t in TASKS:

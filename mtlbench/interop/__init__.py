@@ -1,7 +1,8 @@
 """Checkpoints from and to other code bases, and loading a checkpoint for evaluation.
 
 * :mod:`~mtlbench.interop.mtlora_reference`: the MTLoRA reference's checkpoint format
-  (scale-lab/MTLoRA), imported into and exported from mtlbench's MTLoRA model.
+  (scale-lab/MTLoRA; DiTASK's too), imported into and exported from mtlbench's MTLoRA and
+  DiTASK models.
 * :mod:`~mtlbench.interop.checkpoints`: ``--eval-only``'s loader: recognises either format
   and refuses a checkpoint of another model with one line naming both.
 """

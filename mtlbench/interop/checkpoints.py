@@ -10,8 +10,8 @@ Two layouts are recognised:
   e.g. MTLoRA at another task rank). Options that change neither shapes nor the variant label
   (e.g. a dropout or a scale) are logged as a warning, not refused: scoring with another scale
   can be deliberate.
-* the MTLoRA reference's (``'model'`` + yacs ``'config'``): imported through
-  :mod:`mtlbench.interop.mtlora_reference`, strictly.
+* the MTLoRA reference's (``'model'`` + yacs ``'config'``; DiTASK's release too): imported
+  through :mod:`mtlbench.interop.mtlora_reference`, strictly.
 
 Anything else is one :class:`~mtlbench.engine.checkpoint.CheckpointError`.
 """
@@ -27,7 +27,7 @@ from mmengine.logging import print_log
 
 from mtlbench.engine.checkpoint import CheckpointError
 from mtlbench.interop.mtlora_reference import (REFERENCE_GLOBALS, describe_reference, import_reference_state,
-                                               is_reference_checkpoint)
+                                               is_reference_checkpoint, reference_method)
 
 __all__ = ['CheckpointMismatchError', 'read_checkpoint', 'trained_as', 'describe_model', 'load_for_evaluation']
 
@@ -68,7 +68,9 @@ def _disallowed_globals(path: str) -> list:
 def _literal(node: ast.AST) -> Any:
     """``ast.literal_eval`` that also accepts ``dict(k=v, ...)`` (mmengine's config text)."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'dict' and not node.args:
-        return {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg is not None}
+        if any(kw.arg is None for kw in node.keywords):
+            raise ValueError('dict(**...) is not a literal')
+        return {kw.arg: _literal(kw.value) for kw in node.keywords}
     if isinstance(node, (ast.List, ast.Tuple)):
         items = [_literal(e) for e in node.elts]
         return items if isinstance(node, ast.List) else tuple(items)
@@ -85,13 +87,13 @@ def trained_as(ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
         return None
     try:
         tree = ast.parse(text)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # not mmengine's text: no declaration
         return None
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == 'model' for t in stmt.targets):
             try:
                 model = _literal(stmt.value)
-            except (ValueError, TypeError, SyntaxError):
+            except (ValueError, TypeError, SyntaxError, RecursionError):
                 return None
             return model if isinstance(model, dict) and isinstance(model.get('method'), dict) else None
     return None
@@ -186,7 +188,7 @@ def load_for_evaluation(path: str, model: torch.nn.Module) -> str:
     if is_reference_checkpoint(ckpt):
         import_reference_state(model, ckpt['model'], source=f'{path} ({describe_reference(ckpt)})',
                                model_name=describe_model(model))
-        return 'mtlora-reference'
+        return f'{reference_method(ckpt)}-reference'
     keys = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
     raise CheckpointError(f'{path}: neither an mtlbench checkpoint ("meta" + "state_dict") nor an MTLoRA '
                           f'reference checkpoint ("model" of tensors); found {keys}')

@@ -1,4 +1,5 @@
-"""Checkpoints of the MTLoRA reference (scale-lab/MTLoRA @ 333a375) in mtlbench's MTLoRA model.
+"""Checkpoints of the MTLoRA code base (scale-lab/MTLoRA @ 333a375, and DiTASK, which is built on
+it: the fork Malygossssss/DiTASK @ 1ef40ae) in mtlbench's MTLoRA / DiTASK models.
 
 The reference's ``main.py`` saves (``utils.save_checkpoint``) a dict with the model's state dict
 under ``'model'``, its optimizer / scheduler / scaler states, ``'epoch'``, ``'max_accuracy'``
@@ -17,14 +18,20 @@ is its inverse):
   ``backbone.layers.{i+1}.downsample`` (timm / mtlbench put it at the start of the next stage);
 * LoRA wrappers: ``.linear.`` -> ``.base_layer.``, ``.lora_shared_{A,B}`` -> ``.lora_{A,B}``,
   per-task ``.lora_tasks_{A,B}.<task>`` -> one ``.lora_task_{A,B}`` stacked in the model's task
-  order;
+  order; DiTASK stores its CPA thetas under the same names (A only): ``.lora_shared_A`` ->
+  ``.ditask_theta``, ``.lora_tasks_A.<task>`` ``[1, N-1]`` -> rows of ``.ditask_task_theta``
+  (:data:`ADAPTERS`);
 * decoder: ``downsampler.<task>.downsample_i.`` -> ``decoder.downsamplers.<task>.convs.i.``,
   ``decoders.decoders.<task>.last_layer.{0,1,3}.`` -> ``decoder.heads.<task>.{conv1,bn,conv2}.``.
 
 The mapping is strict: every reference tensor is used (the only ones dropped are the buffers
 the reference itself recomputes, ``relative_position_index`` and ``attn_mask``, see
-:data:`DERIVED_BUFFERS`), every tensor of the mtlbench model is filled, shapes agree; anything
+:data:`DERIVED_BUFFERS`, and DiTASK's inert qkv task thetas when the model does not keep them,
+see :data:`DITASK_INERT`), every tensor of the mtlbench model is filled, shapes agree; anything
 else is one :class:`ReferenceCheckpointError` that names the first offenders.
+
+Checked against the reference models themselves (``tests/test_interop.py``, and
+``tools/compare_reference.py`` at full size): the imported model gives the reference's outputs.
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ import torch
 
 from mtlbench.engine.checkpoint import ALLOWED_GLOBALS, CheckpointError
 
-__all__ = ['DERIVED_BUFFERS', 'ReferenceCheckpointError', 'REFERENCE_GLOBALS', 'is_reference_checkpoint',
+__all__ = ['DERIVED_BUFFERS', 'ADAPTERS', 'ReferenceCheckpointError', 'REFERENCE_GLOBALS', 'is_reference_checkpoint',
+           'reference_method',
            'load_reference_checkpoint', 'reference_to_mtlbench', 'mtlbench_to_reference', 'import_reference_state',
            'export_reference_checkpoint', 'describe_reference']
 
@@ -78,34 +86,36 @@ def is_reference_checkpoint(ckpt: Any) -> bool:
             and bool(ckpt['model']) and all(isinstance(v, torch.Tensor) for v in ckpt['model'].values()))
 
 
+def _first_int(value: Any) -> Any:
+    return value[0] if isinstance(value, (list, tuple)) and value else value
+
+
 def describe_reference(ckpt: Mapping[str, Any]) -> str:
-    """``'MTLoRA reference checkpoint (r=64, task_r=4, tasks semseg/...)'`` from its config,
-    or from the tensor shapes when the config is absent."""
+    """``'MTLoRA reference checkpoint (r=64, task_r=4, tasks semseg/...)'`` or ``'DiTASK reference
+    checkpoint (cells=64/4, ...)'`` from its config, or from the tensor shapes without one."""
+    kind = reference_method(ckpt)
     cfg = ckpt.get('config')
     parts = []
     try:
-        mt = cfg['MODEL']['MTLORA']
-        if not mt['ENABLED']:
-            return 'reference checkpoint without MTLoRA (MODEL.MTLORA.ENABLED false)'
-        per_task = mt.get('R_PER_TASK') or {}
-        shared = per_task.get('shared', mt['R'])
-        parts.append(f'r={shared[0] if isinstance(shared, (list, tuple)) else shared}')
-        task_ranks = {t: per_task[t] for t in cfg['TASKS'] if t in per_task}
-        ranks = {(v[0] if isinstance(v, (list, tuple)) else v) for v in task_ranks.values()}
-        if len(ranks) == 1:
-            parts.append(f'task_r={ranks.pop()}')
-        if mt.get('DOWNSAMPLER_ENABLED'):
+        section = cfg['MODEL'][kind.upper()]
+        per_task = section.get('R_PER_TASK') or {}
+        shared = _first_int(per_task.get('shared', section['R']))
+        ranks = {_first_int(per_task[t]) for t in cfg['TASKS'] if t in per_task}
+        task = ranks.pop() if len(ranks) == 1 else '?'
+        parts.append(f'r={shared}, task_r={task}' if kind == 'mtlora' else f'cells={shared}/{task}')
+        if section.get('DOWNSAMPLER_ENABLED'):
             parts.append('plus')
         parts.append('tasks ' + '/'.join(cfg['TASKS']))
-    except (TypeError, KeyError, IndexError):
+    except (TypeError, KeyError, IndexError, AttributeError):
         state = ckpt.get('model', {})
         a = next((v for k, v in state.items() if k.endswith('lora_shared_A')), None)
         tasks = sorted({k.rsplit('.', 1)[1] for k in state if '.lora_tasks_A.' in k})
-        if a is not None:
-            parts.append(f'r={a.shape[0]}')
+        if a is not None and a.dim() == 2:
+            parts.append(f'r={a.shape[0]}' if kind == 'mtlora' else f'cells={a.shape[1] + 1}')
         if tasks:
             parts.append('tasks ' + '/'.join(tasks))
-    return f'MTLoRA reference checkpoint ({", ".join(parts)})' if parts else 'MTLoRA reference checkpoint'
+    title = f'{_TITLE[kind]} reference checkpoint'
+    return f'{title} ({", ".join(parts)})' if parts else title
 
 
 def _rename_to_mtlbench(key: str) -> str:
@@ -130,72 +140,123 @@ def _rename_to_reference(key: str) -> str:
     return n
 
 
-def reference_to_mtlbench(ref_state: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """Reference state dict -> mtlbench names; task LoRA factors stacked in ``tasks`` order.
+#: Adapter tensors per method: the reference's shared factor name -> mtlbench's, its per-task
+#: ParameterDict name -> mtlbench's tensor over tasks, and how per-task tensors are joined
+#: (MTLoRA's task factors ``[r, C]`` are stacked to ``[T, r, C]``; DiTASK's task thetas ``[1, N-1]``
+#: are concatenated to ``[T, N-1]``).
+ADAPTERS = {
+    'mtlora': dict(shared={'A': 'lora_A', 'B': 'lora_B'}, task={'A': 'lora_task_A', 'B': 'lora_task_B'}, stack=True),
+    'ditask': dict(shared={'A': 'ditask_theta'}, task={'A': 'ditask_task_theta'}, stack=False),
+}
 
-    Only renames and stacks: :func:`import_reference_state` checks the result against a model.
+
+def reference_to_mtlbench(ref_state: Mapping[str, torch.Tensor], tasks: Sequence[str],
+                          method: str = 'mtlora') -> Dict[str, torch.Tensor]:
+    """Reference state dict -> mtlbench names; per-task adapter tensors joined in ``tasks`` order.
+
+    Only renames and joins: :func:`import_reference_state` checks the result against a model.
 
     Raises:
-        ReferenceCheckpointError: a task factor lacks one of ``tasks`` or has one more.
+        ReferenceCheckpointError: a per-task tensor lacks one of ``tasks`` or has one more.
     """
+    names = ADAPTERS[method]
     out: Dict[str, torch.Tensor] = {}
     stacks: Dict[str, Dict[str, torch.Tensor]] = {}
     for key, value in ref_state.items():
         if key.endswith(DERIVED_BUFFERS):
             continue
         m = re.match(r'(.*)\.lora_tasks_([AB])\.(\w+)$', key)
-        if m:
-            stacks.setdefault(f'{_rename_to_mtlbench(m.group(1))}.lora_task_{m.group(2)}', {})[m.group(3)] = value
+        if m and m.group(2) in names['task']:
+            stacks.setdefault(f'{_rename_to_mtlbench(m.group(1))}.{names["task"][m.group(2)]}', {})[m.group(3)] = value
+            continue
+        m = re.match(r'(.*)\.lora_shared_([AB])$', key)
+        if m and m.group(2) in names['shared']:
+            out[f'{_rename_to_mtlbench(m.group(1))}.{names["shared"][m.group(2)]}'] = value
             continue
         out[_rename_to_mtlbench(key)] = value
     for name, per_task in stacks.items():
         if set(per_task) != set(tasks):
             raise ReferenceCheckpointError(
-                f'task LoRA {name} has tasks {sorted(per_task)} in the checkpoint, the model has {list(tasks)}')
-        out[name] = torch.stack([per_task[t] for t in tasks])
+                f'per-task {name} has tasks {sorted(per_task)} in the checkpoint, the model has {list(tasks)}')
+        out[name] = (torch.stack if names['stack'] else torch.cat)([per_task[t] for t in tasks])
     return out
 
 
-def mtlbench_to_reference(state: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> Dict[str, torch.Tensor]:
+def mtlbench_to_reference(state: Mapping[str, torch.Tensor], tasks: Sequence[str],
+                          method: str = 'mtlora') -> Dict[str, torch.Tensor]:
     """Inverse of :func:`reference_to_mtlbench` (the reference's derived buffers are left out:
     it recomputes them, and its ``load_checkpoint`` loads with ``strict=False``)."""
+    names = ADAPTERS[method]
+    shared = {v: k for k, v in names['shared'].items()}
+    task = {v: k for k, v in names['task'].items()}
     out: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        m = re.match(r'(.*)\.lora_task_([AB])$', key)
-        if m:
+        prefix, _, leaf = key.rpartition('.')
+        if leaf in task:
             if value.shape[0] != len(tasks):
-                raise ReferenceCheckpointError(f'{key} stacks {value.shape[0]} tasks, expected {len(tasks)}')
+                raise ReferenceCheckpointError(f'{key} holds {value.shape[0]} tasks, expected {len(tasks)}')
             for i, t in enumerate(tasks):
-                out[f'{_rename_to_reference(m.group(1))}.lora_tasks_{m.group(2)}.{t}'] = value[i]
-            continue
-        out[_rename_to_reference(key)] = value
+                out[f'{_rename_to_reference(prefix)}.lora_tasks_{task[leaf]}.{t}'] = \
+                    value[i] if names['stack'] else value[i:i + 1]
+        elif leaf in shared:
+            out[f'{_rename_to_reference(prefix)}.lora_shared_{shared[leaf]}'] = value
+        else:
+            out[_rename_to_reference(key)] = value
     return out
+
+
+def reference_method(ckpt_or_state: Mapping[str, Any]) -> str:
+    """``'mtlora'`` or ``'ditask'``: from the config's ``MODEL.DITASK.ENABLED`` when there is one,
+    else from the tensors (MTLoRA has ``lora_shared_B``, DiTASK only thetas ``lora_shared_A``)."""
+    cfg = ckpt_or_state.get('config') if 'model' in ckpt_or_state else None
+    try:
+        if cfg['MODEL']['DITASK']['ENABLED']:
+            return 'ditask'
+        if cfg['MODEL']['MTLORA']['ENABLED']:
+            return 'mtlora'
+    except (TypeError, KeyError):
+        pass
+    state = ckpt_or_state.get('model', ckpt_or_state) if 'model' in ckpt_or_state else ckpt_or_state
+    if any(k.endswith('.lora_shared_B') for k in state):
+        return 'mtlora'
+    return 'ditask' if any(k.endswith('.lora_shared_A') for k in state) else 'mtlora'
 
 
 def _first(items: List[str], n: int = 3) -> str:
     return ', '.join(items[:n]) + (f' (+{len(items) - n} more)' if len(items) > n else '')
 
 
+#: DiTASK's release gives every qkv of a task-aware block a per-task theta whose outputs its
+#: attention discards; mtlbench stores them only with ``inert_qkv_task_theta=True``. Without it
+#: they are the one kind of reference tensor an import may leave unused.
+DITASK_INERT = re.compile(r'\.attn\.qkv\.ditask_task_theta$')
+
+
 def import_reference_state(model: torch.nn.Module, ref_state: Mapping[str, torch.Tensor],
                            source: str = 'reference checkpoint', model_name: Optional[str] = None) -> None:
-    """Load a reference MTLoRA state dict into mtlbench's ``MultiTaskModel`` (in place), strictly.
+    """Load a reference MTLoRA or DiTASK state dict into mtlbench's ``MultiTaskModel`` (in place),
+    strictly.
 
     Args:
-        model: an mtlbench ``MultiTaskModel`` built with method ``mtlora``.
+        model: an mtlbench ``MultiTaskModel`` built with method ``mtlora`` or ``ditask``.
         ref_state: the reference model's ``state_dict()`` (checkpoint ``'model'``).
         source: what to call the checkpoint in errors (its path and description).
-        model_name: what to call the model in errors (default: ``mtlora r=.. on <dataset>``).
+        model_name: what to call the model in errors (default: ``mtlora r=..``).
 
     Raises:
-        ReferenceCheckpointError: a key unused or unfilled, or a shape differs (one line).
+        ReferenceCheckpointError: another method, a key unused or unfilled, or a shape differs
+            (one line).
     """
     method = getattr(model, 'method', None)
     model_name = model_name or (f'{method.name} {method.variant()}' if method is not None else type(model).__name__)
-    if method is not None and method.name != 'mtlora':
-        raise ReferenceCheckpointError(f'{source} holds an MTLoRA model; this run builds {model_name}')
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ref_state.items()}
-    mapped = reference_to_mtlbench(state, list(model.tasks))
+    kind = reference_method(state)
+    if method is not None and method.name != kind:
+        raise ReferenceCheckpointError(f'{source} holds {_TITLE[kind]} weights; this run builds {model_name}')
+    mapped = reference_to_mtlbench(state, list(model.tasks), kind)
     own = model.state_dict()
+    if kind == 'ditask':
+        mapped = {k: v for k, v in mapped.items() if k in own or not DITASK_INERT.search(k)}
     missing = [k for k in own if k not in mapped]
     unexpected = [k for k in mapped if k not in own]
     shapes = [f'{k} {list(mapped[k].shape)} vs {list(own[k].shape)}' for k in mapped
@@ -212,9 +273,13 @@ def import_reference_state(model: torch.nn.Module, ref_state: Mapping[str, torch
     model.load_state_dict(mapped, strict=True)
 
 
+_TITLE = {'mtlora': 'MTLoRA', 'ditask': 'DiTASK'}
+
+
 def export_reference_checkpoint(model: torch.nn.Module, path: str) -> Dict[str, torch.Tensor]:
-    """Write mtlbench's MTLoRA weights as a reference-format checkpoint (``{'model': state}``),
+    """Write mtlbench's MTLoRA (or DiTASK) weights as a reference-format checkpoint (``{'model': state}``),
     loadable by the reference's ``main.py --eval --resume PATH``. Returns the state written."""
-    state = mtlbench_to_reference({k: v.detach().cpu() for k, v in model.state_dict().items()}, list(model.tasks))
+    state = mtlbench_to_reference({k: v.detach().cpu() for k, v in model.state_dict().items()}, list(model.tasks),
+                                  model.method.name)
     torch.save({'model': state}, path)
     return state
