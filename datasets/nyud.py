@@ -111,6 +111,10 @@ def _as_float(arr: np.ndarray) -> np.ndarray:
     return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
 
 
+#: NYUv2's Kinect sees at most about 10 m; a larger depth is a unit error (millimetres) or damage.
+MAX_DEPTH_M = 100.0
+
+
 def load_depth(path: Path, hw: Tuple[int, int]) -> np.ndarray:
     """Load a depth map in metres.
 
@@ -127,16 +131,16 @@ def load_depth(path: Path, hw: Tuple[int, int]) -> np.ndarray:
         depth = depth[..., 0]
     if depth.ndim != 2:
         raise DatasetError(f'depth must be [H, W], got shape {depth.shape}: {path}')
-    if not np.issubdtype(depth.dtype, np.number):
-        raise DatasetError(f'depth must be numeric, got dtype {depth.dtype}: {path}')
+    if not (np.issubdtype(depth.dtype, np.integer) or np.issubdtype(depth.dtype, np.floating)):
+        raise DatasetError(f'depth must be real numbers (int or float), got dtype {depth.dtype}: {path}')
     check_same_size(depth, hw, path, 'depth map')
     depth = _as_float(depth)
     if np.isnan(depth).any():
         raise DatasetError(f'depth has {int(np.isnan(depth).sum())} NaN value(s) '
                            f'(missing depth must be 0): {path}')
-    if not np.isfinite(depth).all() or (depth < 0).any():
-        raise DatasetError(f'depth values out of range: must be finite and >= 0 metres '
-                           f'(min {float(depth.min())}, max {float(depth.max())}): {path}')
+    if not np.isfinite(depth).all() or (depth < 0).any() or (depth > MAX_DEPTH_M).any():
+        raise DatasetError(f'depth values out of range: must be finite and in [0, {MAX_DEPTH_M:g}] metres '
+                           f'(min {float(depth.min())}, max {float(depth.max())}; millimetres?): {path}')
     return depth
 
 

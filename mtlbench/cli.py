@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser('run', help='train + evaluate one method and write a run record')
     r.add_argument('--method', required=True, help='registered method (see `mtlbench methods`)')
     r.add_argument('--dataset', default='pascal_context', choices=DATASETS)
-    r.add_argument('--config', help='config file (default: configs/<method>/<method>_swin-t_<dataset>.py)')
+    r.add_argument('--config', help='config file (default: configs/<method>/<method>_swin-t_<dataset>.py); a config is '
+                   'Python and runs with your rights, as in every mmengine project: use only configs you trust')
     r.add_argument('--data-root', help='dataset root (default: the config\'s, else a synthetic dataset)')
     r.add_argument('--pretrained', help='local Swin checkpoint (official .pth or timm format)')
     r.add_argument('--work-dir', help='checkpoints and logs (default: work_dirs/<method>[_<variant>]_<dataset>_s<seed>_<hash of the model settings>)')

@@ -528,6 +528,12 @@ def _read_json(path: Path) -> Any:
         return json.load(f)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_record(record: Mapping, directory: os.PathLike | str) -> Path:
     """Validate ``record`` and write it atomically as ``<directory>/<id>.json``.
 
@@ -562,6 +568,7 @@ def write_record(record: Mapping, directory: os.PathLike | str) -> Path:
 
     fd, tmp_name = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=directory)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide records from co-workers; as checkpoints
     try:
         with os.fdopen(fd, 'w', encoding='utf-8') as f:
             f.write(text)

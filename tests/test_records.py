@@ -286,3 +286,14 @@ def test_uncomputable_metric_is_recorded_as_null(tmp_path):
                                 False, ['human_parts'])
     assert values['human_parts'] == pytest.approx(61.93 + 0.1)  # the null one is left out
     assert path.exists()
+
+
+def test_records_are_readable_by_others_like_checkpoints(tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        path = R.write_record(run_record(), tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # mkstemp alone gives 0600

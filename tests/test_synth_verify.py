@@ -157,3 +157,15 @@ def test_ensure_writes_once_and_guards_real_folders(tmp_path, monkeypatch):
     assert (real / 'keep.txt').read_text() == 'x'
     pc = ensure_synthetic_dataset('pascal_context', n=4, root=str(tmp_path / 'pc'))
     assert len(PascalContextMT(pc, split='val', pipeline=[])) == 1
+
+
+@pytest.mark.parametrize('bad, expected', [
+    (lambda d: d * 1000.0, 'depth values out of range'),  # millimetres, not metres (once accepted: 1e30 too)
+    (lambda d: d.astype(np.complex64), 'depth must be real numbers'),  # once accepted
+])
+def test_verify_refuses_implausible_depth(tmp_path, bad, expected):
+    root = Path(write_synthetic_dataset('nyudv2', str(tmp_path / 'ny'), n=4)['root'])
+    path = sorted((root / 'depth').iterdir())[0]
+    np.save(path, bad(np.load(path)))
+    report = verify_dataset('nyudv2', str(root), progress=False)
+    assert not report.ok and any(expected in e and str(path) in e for e in report.errors), report.errors
