@@ -196,4 +196,3 @@ def test_pretrained_with_non_tensor_values_or_nan_weights_is_refused(capsys, tmp
         err = _err(capsys, ['run', '--method', 'mtlora', '--data-root', pascal_root, '--pretrained', str(path),
                             '--work-dir', str(tmp_path / 'w')])
         assert expected in err and str(path) in err
-
