@@ -83,7 +83,7 @@ def test_configs_load_and_build():
         cfg = Config.fromfile(f)
         keys = cfg.optim_wrapper.paramwise_cfg.custom_keys  # no decay on identity-initialised parts
         assert keys['magnitude']['decay_mult'] == keys['decoder.tspd.']['decay_mult'] == 0.0
-        assert 'relative_position_bias_table' in keys
+        assert cfg.optim_wrapper.paramwise_cfg.rel_pos_decay_mult == 1.0  # the base recipe's, kept
         m = build_method(cfg.model.method, NYUD if 'nyudv2' in f else PASCAL)
         c = m.config
         seen[osp.basename(f).split('_')[0]] = (c.adapter, c.pdrs, c.tspd, c.xtcons, len(m.runner_hooks()))
@@ -558,6 +558,12 @@ def test_warmup_end_from_mmengine_schedulers():
     assert warmup_end(epochs, by_epoch=True, iters_per_epoch=7) == 20
     assert warmup_end(epochs, by_epoch=False, iters_per_epoch=7) == 140
     assert warmup_end(None, True, 40) is None
+    from mtlbench.lr_schedule import ReferenceCosineLR  # the reference recipe's warm-up prefix
+    ref = ReferenceCosineLR.build_iter_from_epoch(opt, warmup=20, end=300, epoch_length=40)
+    assert warmup_end([ref], by_epoch=True, iters_per_epoch=40) == 20
+    assert warmup_end([ref], by_epoch=False, iters_per_epoch=40) == 800
+    no_warmup = ReferenceCosineLR.build_iter_from_epoch(opt, warmup=0, end=300, epoch_length=40)
+    assert warmup_end([no_warmup], by_epoch=True, iters_per_epoch=40) is None
     assert warmup_end([CosineAnnealingLR(opt, T_max=10, by_epoch=True, begin=0, end=10)], True, 40) is None
     # the hook without an explicit begin starts after the warm-up; with one, where asked
     layer = FAARLinear(frozen_linear(4, 4), r=2)

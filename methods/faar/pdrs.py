@@ -610,7 +610,9 @@ def warmup_end(param_schedulers: Any, by_epoch: bool, iters_per_epoch: Optional[
     """Where the lr warm-up ends, counted in epochs (``by_epoch``) or iterations; ``None`` if none.
 
     A warm-up is a scheduler with ``start_factor < end_factor`` (mmengine's ``LinearLR``, also
-    when ``convert_to_iter_based``); its ``end`` is converted to the caller's unit.
+    when ``convert_to_iter_based``), ending at its ``end``, or one with a warm-up prefix of
+    ``warmup_iters > 0`` iterations (:class:`mtlbench.lr_schedule.ReferenceCosineLR`, the
+    reference recipe's), ending at ``begin + warmup_iters``; converted to the caller's unit.
     """
     if param_schedulers is None:
         return None
@@ -620,10 +622,14 @@ def warmup_end(param_schedulers: Any, by_epoch: bool, iters_per_epoch: Optional[
     for sched in param_schedulers:
         start, stop = getattr(sched, 'start_factor', None), getattr(sched, 'end_factor', None)
         end = getattr(sched, 'end', None)
-        if start is None or stop is None or end is None or not start < stop or end >= 2 ** 31:
+        prefix = getattr(sched, 'warmup_iters', None)
+        if isinstance(prefix, int) and prefix > 0:  # a warm-up prefix, counted in iterations
+            end, sched_by_epoch = int(getattr(sched, 'begin', 0)) + prefix, False
+        elif start is None or stop is None or end is None or not start < stop or end >= 2 ** 31:
             continue
+        else:
+            sched_by_epoch = bool(getattr(sched, 'by_epoch', True))
         end = int(end)
-        sched_by_epoch = bool(getattr(sched, 'by_epoch', True))
         if sched_by_epoch != by_epoch:
             if not iters_per_epoch:
                 continue
