@@ -602,22 +602,32 @@ def test_prune_schedule_loss_stop_unmasks_and_survives_a_checkpoint():
     again = PruneSchedule(stop='loss')
     again.load_state_dict(sched.state_dict(), fresh)
     assert again.stopped and not fresh.faar_unit.prefix_masking and not again.due(5)
-    # 'stable' counts only unchanged prunes whose kept scores are flat
+    # 'stable' counts only unchanged prunes whose kept scores are flat, once some rank has moved
     stable = PruneSchedule(stop='stable', patience=2, flatness=0.4)
-    layer2 = FAARLinear(frozen_linear(6, 6), r=3, prune_rule='gain')
-    with torch.no_grad():
-        layer2.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 0.5]]).repeat(2, 1))  # 0.3/0.6 = 0.5
+    layer2 = FAARLinear(frozen_linear(6, 6), r=4, prune_rule='gain')
+    with torch.no_grad():  # gain rule: 0.001 < 0.25 x 0.45 is cut; then 0.3 >= 0.25 x 0.6 stays
+        layer2.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 0.5, 0.001]]).repeat(2, 1))
         layer2.faar_unit.faar_score_count.fill_(10)
-    stable.step(layer2, [], 1)
+    assert stable.step(layer2, [], 1) == {'faar_unit': (4, 3)} and stable.unchanged == 0
+    stable.step(layer2, [], 2)  # unchanged, lowest / mean kept = 0.3 / 0.6 = 0.5 >= 0.4
     assert not stable.stopped and stable.unchanged == 1
-    stable.step(layer2, [], 2)
-    assert stable.stopped and stable.stop_reason == 'stable'
+    stable.step(layer2, [], 3)
+    assert stable.stopped and stable.stop_reason == 'stable' and stable.stop_step == 3
+    never_moved = PruneSchedule(stop='stable', patience=1)
+    layer4 = FAARLinear(frozen_linear(6, 6), r=3, prune_rule='gain')
+    with torch.no_grad():  # flat from the start: the components have not separated yet
+        layer4.faar_unit.faar_score_ema.fill_(1.0)
+        layer4.faar_unit.faar_score_count.fill_(10)
+    for step in (1, 2, 3):
+        never_moved.step(layer4, [], step)
+    assert not never_moved.stopped
     uneven = PruneSchedule(stop='stable', patience=1, flatness=0.4)
-    layer3 = FAARLinear(frozen_linear(6, 6), r=3, prune_rule='gain')
+    layer3 = FAARLinear(frozen_linear(6, 6), r=4, prune_rule='gain')
     with torch.no_grad():
-        layer3.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 1.4]]).repeat(2, 1))  # 0.3/0.9 < 0.4
+        layer3.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 1.4, 0.001]]).repeat(2, 1))
         layer3.faar_unit.faar_score_count.fill_(10)
-    uneven.step(layer3, [], 1)
+    uneven.step(layer3, [], 1)  # cuts 0.001
+    uneven.step(layer3, [], 2)  # unchanged, but 0.3 / 0.9 < 0.4
     assert layer3.faar_unit.rank == 3 and not uneven.stopped  # kept, but still fading: not settled
 
 

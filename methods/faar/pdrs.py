@@ -646,7 +646,8 @@ class PruneSchedule:
 
     * ``'stable'``: for ``patience`` prunes in a row, no rank changed and every unit's kept
       scores were flat (lowest kept score >= ``flatness`` x the mean kept score: no component
-      still fading out);
+      still fading out), counted only once some rank has changed (before that, flat scores
+      mean the components have not separated yet);
     * ``'loss'``: the mean training loss since the last prune, which changed ranks, is more than
       ``loss_tol`` (relative) above the mean over the interval before it: pruning began to cost
       loss (that prune is kept; no further one happens);
@@ -680,6 +681,7 @@ class PruneSchedule:
         self.prunes = 0
         self.unchanged = 0
         self.last_changed = False
+        self.changed_once = False
         self.prev_loss: Optional[float] = None
         self.loss_sum, self.loss_n = 0.0, 0
 
@@ -726,7 +728,9 @@ class PruneSchedule:
         self.prunes += 1
         self.last_changed = bool(changed)
         flat = all(getattr(u, 'kept_flatness', 1.0) >= self.flatness for _, u in iter_units(model) if u.scoring)
-        self.unchanged = self.unchanged + 1 if not changed and flat else 0
+        self.changed_once = self.changed_once or bool(changed)
+        # Before any rank moved, flat scores only say the components have not separated yet.
+        self.unchanged = self.unchanged + 1 if not changed and flat and self.changed_once else 0
         self.prev_loss = loss
         if self.stop in ('stable', 'stable-or-loss') and self.unchanged >= self.patience:
             self.finish(model, count, 'stable')
@@ -739,8 +743,8 @@ class PruneSchedule:
             freeze_ranks(model)
 
     def state_dict(self) -> Dict[str, Any]:
-        keys = ('begin', 'stopped', 'stop_step', 'stop_reason', 'prunes', 'unchanged', 'last_changed', 'prev_loss',
-                'loss_sum', 'loss_n')
+        keys = ('begin', 'stopped', 'stop_step', 'stop_reason', 'prunes', 'unchanged', 'last_changed', 'changed_once',
+                'prev_loss', 'loss_sum', 'loss_n')
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: Dict[str, Any], model: Optional[nn.Module] = None) -> None:
