@@ -80,6 +80,11 @@ The benchmark's table (default options, seed 0; ratio = fit error / unpruned fit
     multi   2/8/24    32  2/8/24  0.63/0.62/0.78  25
     multi   2/8/24    64  2/8/24  0.62/0.56/0.67  26
 
+Seed 1 (same command, ``--seeds 1``): single finals 2 / 2 / 2, 8 / 8 / 8, 31 / 27 (init 32 /
+64 for 24), multi 2 / 8 / 24 for both initial ranks, fit ratios 0.56-0.91, stops at epochs
+6-28. Before the stable count waited for a first rank change, seed 1's truth 2 from 16
+stopped at 16 after epoch 6 (scores still flat, nothing pruned yet).
+
 With ``prune_stop='stable-or-loss'`` the loss rule stopped 7 of the 8 single cases at epochs
 5-13 with ranks 12-60 (e.g. truth 2 from 64 at 40); ``gain_threshold=0.1`` reached the truth
 but stopped at epochs 26-36 or never, leaving too little unmasked training (fit ratio up to
