@@ -84,6 +84,7 @@ def test_configs_load_and_build():
         keys = cfg.optim_wrapper.paramwise_cfg.custom_keys  # no decay on identity-initialised parts
         assert keys['magnitude']['decay_mult'] == keys['decoder.tspd.']['decay_mult'] == 0.0
         assert 'relative_position_bias_table' not in keys  # decayed, as in the reference (mtlbench/optim.py)
+        assert cfg.optim_wrapper.paramwise_cfg.rel_pos_decay_mult == 1.0  # the base recipe's, kept
         m = build_method(cfg.model.method, NYUD if 'nyudv2' in f else PASCAL)
         c = m.config
         seen[osp.basename(f).split('_')[0]] = (c.adapter, c.pdrs, c.tspd, c.xtcons, len(m.runner_hooks()))
@@ -558,6 +559,12 @@ def test_warmup_end_from_mmengine_schedulers():
     assert warmup_end(epochs, by_epoch=True, iters_per_epoch=7) == 20
     assert warmup_end(epochs, by_epoch=False, iters_per_epoch=7) == 140
     assert warmup_end(None, True, 40) is None
+    from mtlbench.lr_schedule import ReferenceCosineLR  # the reference recipe's warm-up prefix
+    ref = ReferenceCosineLR.build_iter_from_epoch(opt, warmup=20, end=300, epoch_length=40)
+    assert warmup_end([ref], by_epoch=True, iters_per_epoch=40) == 20
+    assert warmup_end([ref], by_epoch=False, iters_per_epoch=40) == 800
+    no_warmup = ReferenceCosineLR.build_iter_from_epoch(opt, warmup=0, end=300, epoch_length=40)
+    assert warmup_end([no_warmup], by_epoch=True, iters_per_epoch=40) is None
     assert warmup_end([CosineAnnealingLR(opt, T_max=10, by_epoch=True, begin=0, end=10)], True, 40) is None
     # the hook without an explicit begin starts after the warm-up; with one, where asked
     layer = FAARLinear(frozen_linear(4, 4), r=2)
@@ -596,22 +603,32 @@ def test_prune_schedule_loss_stop_unmasks_and_survives_a_checkpoint():
     again = PruneSchedule(stop='loss')
     again.load_state_dict(sched.state_dict(), fresh)
     assert again.stopped and not fresh.faar_unit.prefix_masking and not again.due(5)
-    # 'stable' counts only unchanged prunes whose kept scores are flat
+    # 'stable' counts only unchanged prunes whose kept scores are flat, once some rank has moved
     stable = PruneSchedule(stop='stable', patience=2, flatness=0.4)
-    layer2 = FAARLinear(frozen_linear(6, 6), r=3, prune_rule='gain')
-    with torch.no_grad():
-        layer2.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 0.5]]).repeat(2, 1))  # 0.3/0.6 = 0.5
+    layer2 = FAARLinear(frozen_linear(6, 6), r=4, prune_rule='gain')
+    with torch.no_grad():  # gain rule: 0.001 < 0.25 x 0.45 is cut; then 0.3 >= 0.25 x 0.6 stays
+        layer2.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 0.5, 0.001]]).repeat(2, 1))
         layer2.faar_unit.faar_score_count.fill_(10)
-    stable.step(layer2, [], 1)
+    assert stable.step(layer2, [], 1) == {'faar_unit': (4, 3)} and stable.unchanged == 0
+    stable.step(layer2, [], 2)  # unchanged, lowest / mean kept = 0.3 / 0.6 = 0.5 >= 0.4
     assert not stable.stopped and stable.unchanged == 1
-    stable.step(layer2, [], 2)
-    assert stable.stopped and stable.stop_reason == 'stable'
+    stable.step(layer2, [], 3)
+    assert stable.stopped and stable.stop_reason == 'stable' and stable.stop_step == 3
+    never_moved = PruneSchedule(stop='stable', patience=1)
+    layer4 = FAARLinear(frozen_linear(6, 6), r=3, prune_rule='gain')
+    with torch.no_grad():  # flat from the start: the components have not separated yet
+        layer4.faar_unit.faar_score_ema.fill_(1.0)
+        layer4.faar_unit.faar_score_count.fill_(10)
+    for step in (1, 2, 3):
+        never_moved.step(layer4, [], step)
+    assert not never_moved.stopped
     uneven = PruneSchedule(stop='stable', patience=1, flatness=0.4)
-    layer3 = FAARLinear(frozen_linear(6, 6), r=3, prune_rule='gain')
+    layer3 = FAARLinear(frozen_linear(6, 6), r=4, prune_rule='gain')
     with torch.no_grad():
-        layer3.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 1.4]]).repeat(2, 1))  # 0.3/0.9 < 0.4
+        layer3.faar_unit.faar_score_ema.copy_(torch.tensor([[1.0, 0.3, 1.4, 0.001]]).repeat(2, 1))
         layer3.faar_unit.faar_score_count.fill_(10)
-    uneven.step(layer3, [], 1)
+    uneven.step(layer3, [], 1)  # cuts 0.001
+    uneven.step(layer3, [], 2)  # unchanged, but 0.3 / 0.9 < 0.4
     assert layer3.faar_unit.rank == 3 and not uneven.stopped  # kept, but still fading: not settled
 
 

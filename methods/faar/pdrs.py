@@ -80,6 +80,11 @@ The benchmark's table (default options, seed 0; ratio = fit error / unpruned fit
     multi   2/8/24    32  2/8/24  0.63/0.62/0.78  25
     multi   2/8/24    64  2/8/24  0.62/0.56/0.67  26
 
+Seed 1 (same command, ``--seeds 1``): single finals 2 / 2 / 2, 8 / 8 / 8, 31 / 27 (init 32 /
+64 for 24), multi 2 / 8 / 24 for both initial ranks, fit ratios 0.56-0.91, stops at epochs
+6-28. Before the stable count waited for a first rank change, seed 1's truth 2 from 16
+stopped at 16 after epoch 6 (scores still flat, nothing pruned yet).
+
 With ``prune_stop='stable-or-loss'`` the loss rule stopped 7 of the 8 single cases at epochs
 5-13 with ranks 12-60 (e.g. truth 2 from 64 at 40); ``gain_threshold=0.1`` reached the truth
 but stopped at epochs 26-36 or never, leaving too little unmasked training (fit ratio up to
@@ -610,7 +615,9 @@ def warmup_end(param_schedulers: Any, by_epoch: bool, iters_per_epoch: Optional[
     """Where the lr warm-up ends, counted in epochs (``by_epoch``) or iterations; ``None`` if none.
 
     A warm-up is a scheduler with ``start_factor < end_factor`` (mmengine's ``LinearLR``, also
-    when ``convert_to_iter_based``); its ``end`` is converted to the caller's unit.
+    when ``convert_to_iter_based``), ending at its ``end``, or one with a warm-up prefix of
+    ``warmup_iters > 0`` iterations (:class:`mtlbench.lr_schedule.ReferenceCosineLR`, the
+    reference recipe's), ending at ``begin + warmup_iters``; converted to the caller's unit.
     """
     if param_schedulers is None:
         return None
@@ -620,10 +627,14 @@ def warmup_end(param_schedulers: Any, by_epoch: bool, iters_per_epoch: Optional[
     for sched in param_schedulers:
         start, stop = getattr(sched, 'start_factor', None), getattr(sched, 'end_factor', None)
         end = getattr(sched, 'end', None)
-        if start is None or stop is None or end is None or not start < stop or end >= 2 ** 31:
+        prefix = getattr(sched, 'warmup_iters', None)
+        if isinstance(prefix, int) and prefix > 0:  # a warm-up prefix, counted in iterations
+            end, sched_by_epoch = int(getattr(sched, 'begin', 0)) + prefix, False
+        elif start is None or stop is None or end is None or not start < stop or end >= 2 ** 31:
             continue
+        else:
+            sched_by_epoch = bool(getattr(sched, 'by_epoch', True))
         end = int(end)
-        sched_by_epoch = bool(getattr(sched, 'by_epoch', True))
         if sched_by_epoch != by_epoch:
             if not iters_per_epoch:
                 continue
@@ -640,7 +651,8 @@ class PruneSchedule:
 
     * ``'stable'``: for ``patience`` prunes in a row, no rank changed and every unit's kept
       scores were flat (lowest kept score >= ``flatness`` x the mean kept score: no component
-      still fading out);
+      still fading out), counted only once some rank has changed (before that, flat scores
+      mean the components have not separated yet);
     * ``'loss'``: the mean training loss since the last prune, which changed ranks, is more than
       ``loss_tol`` (relative) above the mean over the interval before it: pruning began to cost
       loss (that prune is kept; no further one happens);
@@ -674,6 +686,7 @@ class PruneSchedule:
         self.prunes = 0
         self.unchanged = 0
         self.last_changed = False
+        self.changed_once = False
         self.prev_loss: Optional[float] = None
         self.loss_sum, self.loss_n = 0.0, 0
 
@@ -720,7 +733,9 @@ class PruneSchedule:
         self.prunes += 1
         self.last_changed = bool(changed)
         flat = all(getattr(u, 'kept_flatness', 1.0) >= self.flatness for _, u in iter_units(model) if u.scoring)
-        self.unchanged = self.unchanged + 1 if not changed and flat else 0
+        self.changed_once = self.changed_once or bool(changed)
+        # Before any rank moved, flat scores only say the components have not separated yet.
+        self.unchanged = self.unchanged + 1 if not changed and flat and self.changed_once else 0
         self.prev_loss = loss
         if self.stop in ('stable', 'stable-or-loss') and self.unchanged >= self.patience:
             self.finish(model, count, 'stable')
@@ -733,8 +748,8 @@ class PruneSchedule:
             freeze_ranks(model)
 
     def state_dict(self) -> Dict[str, Any]:
-        keys = ('begin', 'stopped', 'stop_step', 'stop_reason', 'prunes', 'unchanged', 'last_changed', 'prev_loss',
-                'loss_sum', 'loss_n')
+        keys = ('begin', 'stopped', 'stop_step', 'stop_reason', 'prunes', 'unchanged', 'last_changed', 'changed_once',
+                'prev_loss', 'loss_sum', 'loss_n')
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: Dict[str, Any], model: Optional[nn.Module] = None) -> None:
