@@ -38,6 +38,9 @@ from mtlbench.model import compile_model
 from mtlbench.precision import resolve_precision
 from mtlbench.registry import HOOKS
 
+import mtlbench.lr_schedule  # noqa: F401  (ReferenceCosineLR)
+import mtlbench.optim  # noqa: F401  (optimizer groups and their departure, for protocol labels)
+
 __all__ = ['RunOptions', 'run', 'prepare_config', 'SYNTHETIC_SCHEDULE', 'MetricsCaptureHook']
 
 #: The CPU-sized schedule used on synthetic data (overridable with --epochs / --batch-size ...).
