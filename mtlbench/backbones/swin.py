@@ -540,6 +540,9 @@ def load_pretrained(backbone: SwinBackbone, path: str, max_missing_fraction: flo
         raise PretrainedLoadError(f'{path}: not a readable checkpoint ({msg})') from err
     if not isinstance(state, dict):
         raise PretrainedLoadError(f'{path}: expected a state dict, found {type(state).__name__}')
+    for wrapper in ('model', 'state_dict'):  # official / mmengine layouts, unwrapped as timm's filter does
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     not_tensors = [f'{k} ({type(v).__name__})' for k, v in state.items() if not torch.is_tensor(v)]
     if not_tensors:
         raise PretrainedLoadError(f'{path}: a state dict holds tensors only; {len(not_tensors)} value(s) are not, '
