@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 import logging
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -103,3 +103,24 @@ def find_resumable_checkpoint(work_dir: str,
             continue
         return path
     return None
+
+
+def strict_load_problems(state: Mapping[str, Any], own: Mapping[str, Any]) -> List[str]:
+    """What a strict ``load_state_dict(state)`` into a module whose state dict is ``own`` would
+    trip over: shape differences, tensors the module lacks, tensors it would miss (one line each,
+    with the first offenders named). Empty when the load is exact."""
+    def first(items: List[str], n: int = 3) -> str:
+        return ', '.join(items[:n]) + (f' (+{len(items) - n} more)' if len(items) > n else '')
+
+    shapes = [f'{k} {list(state[k].shape)} vs {list(own[k].shape)}' for k in state
+              if k in own and getattr(state[k], 'shape', None) != own[k].shape]
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state]
+    problems = []
+    if shapes:
+        problems.append(f'{len(shapes)} shape(s) differ (checkpoint vs model): {first(shapes, 2)}')
+    if unexpected:
+        problems.append(f'{len(unexpected)} checkpoint tensor(s) the model lacks: {first(unexpected)}')
+    if missing:
+        problems.append(f'{len(missing)} model tensor(s) absent from the checkpoint: {first(missing)}')
+    return problems

@@ -25,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from mmengine.logging import print_log
 
-from mtlbench.engine.checkpoint import CheckpointError
+from mtlbench.engine.checkpoint import CheckpointError, strict_load_problems
 from mtlbench.interop.mtlora_reference import (REFERENCE_GLOBALS, describe_reference, import_reference_state,
                                                is_reference_checkpoint, reference_method)
 
@@ -119,22 +119,6 @@ def _trained_method(declared: Dict[str, Any]) -> Optional[Any]:
         return None
 
 
-def _strict_mismatch(state: Mapping[str, torch.Tensor], model: torch.nn.Module) -> Optional[str]:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f'{k} {list(state[k].shape)} vs {list(own[k].shape)}' for k in state
-              if k in own and getattr(state[k], 'shape', None) != own[k].shape]
-    problems = []
-    if shapes:
-        problems.append(f'{len(shapes)} shape(s) differ (checkpoint vs model), first {shapes[0]}')
-    if unexpected:
-        problems.append(f'{len(unexpected)} checkpoint tensor(s) the model lacks, first {unexpected[0]}')
-    if missing:
-        problems.append(f'{len(missing)} model tensor(s) absent from the checkpoint, first {missing[0]}')
-    return '; '.join(problems) or None
-
-
 def _load_mtlbench(path: str, ckpt: Mapping[str, Any], model: torch.nn.Module) -> None:
     ours = describe_model(model)
     declared = trained_as(ckpt)
@@ -161,7 +145,7 @@ def _load_mtlbench(path: str, ckpt: Mapping[str, Any], model: torch.nn.Module) -
     state = ckpt['state_dict']
     if not isinstance(state, dict):
         raise CheckpointError(f'{path}: "state_dict" is not a dict of tensors')
-    problem = _strict_mismatch(state, model)
+    problem = '; '.join(strict_load_problems(state, model.state_dict())) or None
     if problem:
         raise CheckpointMismatchError(f'{path} was trained as {theirs}; this run builds {ours}: {problem}')
     if differ:  # the weights fit (e.g. a scale or a dropout): scored with this run's options, said so

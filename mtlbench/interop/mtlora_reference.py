@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from mtlbench.engine.checkpoint import ALLOWED_GLOBALS, CheckpointError
+from mtlbench.engine.checkpoint import ALLOWED_GLOBALS, CheckpointError, strict_load_problems
 
 __all__ = ['DERIVED_BUFFERS', 'ADAPTERS', 'ReferenceCheckpointError', 'REFERENCE_GLOBALS', 'is_reference_checkpoint',
            'reference_method',
@@ -222,10 +222,6 @@ def reference_method(ckpt_or_state: Mapping[str, Any]) -> str:
     return 'ditask' if any(k.endswith('.lora_shared_A') for k in state) else 'mtlora'
 
 
-def _first(items: List[str], n: int = 3) -> str:
-    return ', '.join(items[:n]) + (f' (+{len(items) - n} more)' if len(items) > n else '')
-
-
 #: DiTASK's release gives every qkv of a task-aware block a per-task theta whose outputs its
 #: attention discards; mtlbench stores them only with ``inert_qkv_task_theta=True``. Without it
 #: they are the one kind of reference tensor an import may leave unused.
@@ -257,18 +253,8 @@ def import_reference_state(model: torch.nn.Module, ref_state: Mapping[str, torch
     own = model.state_dict()
     if kind == 'ditask':
         mapped = {k: v for k, v in mapped.items() if k in own or not DITASK_INERT.search(k)}
-    missing = [k for k in own if k not in mapped]
-    unexpected = [k for k in mapped if k not in own]
-    shapes = [f'{k} {list(mapped[k].shape)} vs {list(own[k].shape)}' for k in mapped
-              if k in own and mapped[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        problems = []
-        if shapes:
-            problems.append(f'{len(shapes)} shape(s) differ (checkpoint vs model): {_first(shapes, 2)}')
-        if unexpected:
-            problems.append(f'{len(unexpected)} checkpoint tensor(s) the model lacks: {_first(unexpected)}')
-        if missing:
-            problems.append(f'{len(missing)} model tensor(s) absent from the checkpoint: {_first(missing)}')
+    problems = strict_load_problems(mapped, own)
+    if problems:
         raise ReferenceCheckpointError(f'{source} does not fit {model_name}: ' + '; '.join(problems))
     model.load_state_dict(mapped, strict=True)
 
