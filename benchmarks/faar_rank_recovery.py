@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from mtlbench.methods.faar import FAARLinear, FAARTaskLinear, PDRSHook, iter_units
+from mtlbench.methods.faar import FAARLinear, FAARTaskLinear, PDRSHook
 
 D = 96
 STEPS_PER_EPOCH = 40
