@@ -104,8 +104,11 @@ def test_resume_without_checkpoint_is_a_clear_error(pascal_root, tmp_path):
         run_cli(_args(pascal_root, tmp_path / 'empty', tmp_path / 'runs') + ['--resume'])
 
 
-def test_corrupt_newest_checkpoint_is_skipped(tmp_path, uninterrupted):
+def test_corrupt_newest_checkpoint_is_skipped(tmp_path, uninterrupted, monkeypatch):
+    import mtlbench.engine.checkpoint as checkpoint
     from mtlbench.engine import find_resumable_checkpoint
+    logged = []
+    monkeypatch.setattr(checkpoint, 'print_log', lambda msg, **kw: logged.append(msg))
     work = tmp_path / 'w'
     work.mkdir()
     src = uninterrupted / 'w'
@@ -114,6 +117,7 @@ def test_corrupt_newest_checkpoint_is_skipped(tmp_path, uninterrupted):
     data = (work / 'epoch_3.pth').read_bytes()
     (work / 'epoch_3.pth').write_bytes(data[: len(data) // 2])  # truncated
     assert find_resumable_checkpoint(str(work)) == str(work / 'epoch_2.pth')
+    assert len(logged) == 1 and f'skipping {work / "epoch_3.pth"}: it does not load' in logged[0]  # once silent
 
 
 def test_default_work_dir_tells_variants_and_model_options_apart():
