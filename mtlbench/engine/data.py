@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import weakref
 from typing import Any, Iterator, Optional, Sized, Tuple
 
 import numpy as np
@@ -48,9 +47,6 @@ def preemptible_worker_init(worker_id: int, num_workers: int, seed: int) -> None
     mmengine_worker_init_fn(worker_id, num_workers=num_workers, rank=int(os.environ.get('RANK', 0)), seed=seed)
 
 
-_WEAK_PROXIES = set(weakref.ProxyTypes)
-
-
 def stop_data_workers() -> int:
     """Shut down every live data-loader worker pool of this process; returns how many.
 
@@ -66,11 +62,10 @@ def stop_data_workers() -> int:
 
     stopped = 0
     for obj in gc.get_objects():
-        if type(obj) in _WEAK_PROXIES:  # isinstance() on a dead proxy raises ReferenceError
-            continue
-        if isinstance(obj, DataLoader) and getattr(obj, '_iterator', None) is not None:
+        cls = type(obj)  # not isinstance(): it reads __class__, which dead weak proxies and deprecated objects trip on
+        if issubclass(cls, DataLoader) and getattr(obj, '_iterator', None) is not None:
             obj._iterator = None  # a persistent pool: the loader would otherwise reuse it
-        elif isinstance(obj, _MultiProcessingDataLoaderIter) and not obj._shutdown:
+        elif issubclass(cls, _MultiProcessingDataLoaderIter) and not obj._shutdown:
             obj._shutdown_workers()
             stopped += 1
     return stopped
