@@ -117,7 +117,7 @@ def _flops_per_image(model, size, device) -> Optional[float]:
 
 def bench(opts: BenchOptions) -> Path:
     """Measure and write a bench record; returns its path."""
-    from mtlbench import records
+    from mtlbench.reporting import records
     from mtlbench.method import merge_adapters
     from mtlbench.params import build_model_from_config
 

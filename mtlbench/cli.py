@@ -78,7 +78,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from mtlbench.leaderboard import run_leaderboard
+    from mtlbench.reporting.leaderboard import run_leaderboard
 
     text = run_leaderboard(runs_dir=args.runs, bench_dir=args.bench, dataset=args.dataset,
                            formats=tuple(args.format.split(',')), out_dir=args.out,

@@ -450,7 +450,8 @@ def _eval_protocol(cfg: Config, img_size) -> str:
 def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat_metrics: Dict[str, float],
                      wall_time_s: float, extras: Optional[Dict[str, Any]] = None) -> Path:
     """Assemble and atomically write the run record; Δm against existing baseline records."""
-    from mtlbench import records
+    from mtlbench.reporting import records
+    from mtlbench.reporting.comparability import compute_delta_m_for_record, run_identity
 
     tasks = list(model.tasks)
     method = model.method
@@ -469,11 +470,11 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
         **{**method.record_extras(model), **(extras or {})})
     os.makedirs(opts.results_dir, exist_ok=True)
     existing, _ = records.load_records(opts.results_dir, kind='run')
-    same = [r for r in existing if records.run_identity(r) == records.run_identity(rec)]
+    same = [r for r in existing if run_identity(r) == run_identity(rec)]
     if same:
         print_log(f'{opts.results_dir} already has a record of this seed ({same[0].get("_path")}): the '
                   'leaderboard counts only the newest of them', logger='current', level=logging.WARNING)
-    value, reason = records.compute_delta_m_for_record(rec, existing + [rec])
+    value, reason = compute_delta_m_for_record(rec, existing + [rec])
     rec['delta_m'], rec['delta_m_reason'] = value, reason
     path = records.write_record(rec, opts.results_dir)
     logger = MMLogger.get_current_instance()

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 
 from tabulate import tabulate
 
-from mtlbench.records import load_records
+from mtlbench.reporting.records import load_records
 
 __all__ = ['SweepJob', 'SweepOutcome', 'plan_sweep', 'find_existing', 'pending_jobs',
            'run_sweep', 'emit_slurm']

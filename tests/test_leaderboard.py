@@ -6,10 +6,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mtlbench import leaderboard as L
-from mtlbench import records as R
 from mtlbench.evaluation.delta_m import delta_m
-from mtlbench.plots import pareto_front, pareto_plot, task_bars
+from mtlbench.reporting import leaderboard as L
+from mtlbench.reporting import records as R
+from mtlbench.reporting import schema as S
+from mtlbench.reporting.cells import latex_escape
+from mtlbench.reporting.render import render_latex, render_markdown, render_text, write_leaderboard
+from mtlbench.reporting.plots import pareto_frame, pareto_front, pareto_plot, task_bars
+from mtlbench.reporting.reported import load_reported
 
 REFERENCE = Path(__file__).resolve().parents[1] / 'results' / 'reference'
 PASCAL_BASE = {'semseg': 67.21, 'human_parts': 61.93, 'sal': 62.35, 'normals': 17.97}
@@ -39,7 +43,7 @@ def rec(method, variant, seed, values, *, synthetic=False, img_size=(448, 448), 
          'wall_time_s': 10.0, 'device': 'cpu', 'torch_version': '2.11', 'config': {},
          'created': '2026-01-01T00:00:00+00:00'}
     r.update(over)
-    assert R.validate_record(r) == [], R.validate_record(r)
+    assert S.validate_record(r) == [], S.validate_record(r)
     return r
 
 
@@ -67,7 +71,7 @@ def test_mean_std_over_two_seeds():
     assert r['semseg'] == pytest.approx(67.5)
     assert r['semseg_std'] == pytest.approx(math.sqrt(0.5))
     assert r['n_min'] == r['n_max'] == 2
-    md = L.render_markdown(res, 'pascal_context')
+    md = render_markdown(res, 'pascal_context')
     assert '67.50 ± 0.71' in md
     assert '| mtlora      | r=64      | 2   |' in md
 
@@ -92,11 +96,11 @@ def test_missing_baseline_gives_dash_and_reason():
     r = row(table, 'mtlora', 'r=64')
     assert math.isnan(r['delta_m'])
     assert 'human_parts' in r['delta_m_reason']
-    md = L.render_markdown(res, 'pascal_context')
+    md = render_markdown(res, 'pascal_context')
     line = next(ln for ln in md.splitlines() if ln.startswith('| mtlora'))
     assert '| —' in line
     assert 'no single_task baseline record for human_parts' in md
-    assert 'no single_task baseline record for human_parts' in L.render_text(res)
+    assert 'no single_task baseline record for human_parts' in render_text(res)
 
 
 def test_not_comparable_records_never_mixed():
@@ -120,7 +124,7 @@ def test_not_comparable_records_never_mixed():
     for t in res.tables[1:]:  # no baseline with their keys: no Δm, with the reason
         assert t.rows['delta_m'].isna().all() and not t.comparable_to_papers
         assert any('no single_task baseline' in n for n in t.notes)
-    md = L.render_markdown(res, 'pascal_context')
+    md = render_markdown(res, 'pascal_context')
     assert md.count('\n## PASCAL-Context') == 4
 
 
@@ -159,14 +163,14 @@ def test_markdown_and_latex_bold_best_booktabs_escaping():
     recs += [rec('mtlora', 'r=64', 0, MTLORA,
                  extra={'sal': {'maxF': 72.5}, 'normals': {'median': 13.0, 'within_11.25': 45.0}})]
     res = L.build_leaderboard(recs, known_methods=KNOWN)
-    md = L.render_markdown(res, 'pascal_context')
+    md = render_markdown(res, 'pascal_context')
     mt = next(ln for ln in md.splitlines() if ln.startswith('| mtlora'))
     st = next(ln for ln in md.splitlines() if ln.startswith('| single_task'))
     assert '**67.90**' in mt and '**16.60**' in mt and '**+2.54**' in mt
     assert '**61.93**' in st and '**59.84**' not in mt  # human_parts: the baseline is best
     assert 'Secondary metrics' in md and '**72.50**' in md and '**13.00**' in md
 
-    tex = L.render_latex(res, 'pascal_context')
+    tex = render_latex(res, 'pascal_context')
     for token in (r'\toprule', r'\midrule', r'\bottomrule', r'\textbf{67.90}',
                   r'\textbf{+2.54}', r'human\_parts', r'single\_task', r'(\%)', r'$\uparrow$',
                   r'$\Delta$m'):
@@ -175,17 +179,17 @@ def test_markdown_and_latex_bold_best_booktabs_escaping():
     assert '±' not in body and 'human_parts' not in body and '_task' not in body.replace(
         r'\_task', '')
     two = L.build_leaderboard(baselines() + two_seed_mtlora(), known_methods=KNOWN)
-    assert r'$\pm$' in L.render_latex(two, 'pascal_context')
+    assert r'$\pm$' in render_latex(two, 'pascal_context')
 
 
 def test_latex_escape():
-    assert L.latex_escape('a_b 5% ± #1 & x') == r'a\_b 5\% $\pm$ \#1 \& x'
-    assert L.latex_escape('{x}\\') == r'\{x\}\textbackslash{}'
+    assert latex_escape('a_b 5% ± #1 & x') == r'a\_b 5\% $\pm$ \#1 \& x'
+    assert latex_escape('{x}\\') == r'\{x\}\textbackslash{}'
 
 
 def test_write_leaderboard_files(tmp_path):
     res = L.build_leaderboard(baselines() + two_seed_mtlora(), known_methods=KNOWN)
-    written = L.write_leaderboard(res, tmp_path)
+    written = write_leaderboard(res, tmp_path)
     names = sorted(p.name for p in written)
     assert names == ['leaderboard_pascal_context.csv', 'leaderboard_pascal_context.json',
                      'leaderboard_pascal_context.md', 'leaderboard_pascal_context.tex']
@@ -206,7 +210,7 @@ def test_bench_columns_and_device():
                               known_methods=KNOWN)
     r = row(res.tables[0], 'mtlora', 'r=64')
     assert r['train_img_s'] == 250.0 and r['bench_device'] == 'NVIDIA H100'
-    text = L.render_text(res)
+    text = render_text(res)
     assert 'infer img/s' in text and 'NVIDIA H100' in text and '800.0' in text
 
 
@@ -224,7 +228,7 @@ EXPECTED_FLAGS = {
 
 
 def test_reference_csvs_are_complete_data():
-    df, problems = L.load_reported(REFERENCE)
+    df, problems = load_reported(REFERENCE)
     assert problems == []
     assert set(df['dataset']) == {'pascal_context', 'nyudv2'}
     assert (df['citation'] != '').all() and (df['paper'] != '').all()
@@ -264,12 +268,12 @@ def test_with_reported_rows_recomputed_and_flagged():
     sine = nyu[nyu['method'] == 'free_sinewich'].iloc[0]
     assert math.isnan(sine['delta_m']) and 'not reported' in sine['delta_m_reason']
 
-    md = L.render_markdown(res, 'pascal_context')
+    md = render_markdown(res, 'pascal_context')
     assert 'REPORTED in papers' in md
     assert 'reported: FAAR (arXiv 2603.20403)' in md and 'MTLoRA (CVPR 2024)' in md
     assert '+2.45 ⚠ printed +2.23' in md
     assert '+4.76 ⚠ printed +4.92' in md and '+4.53 ⚠ printed +4.63' in md
-    tex = L.render_latex(res, 'pascal_context')
+    tex = render_latex(res, 'pascal_context')
     assert r'\textbf{!} printed +2.23' in tex
 
 
@@ -285,7 +289,7 @@ def test_reproduced_minus_reported_difference_table():
     assert m['params_diff_m'] == pytest.approx(8.344634 - 8.34)
     s = d[d['method'] == 'single_task'].iloc[0]
     assert 'FAAR' in s['reported_source'] and s['params_reported_m'] == 112.62
-    md = L.render_markdown(res, 'pascal_context')
+    md = render_markdown(res, 'pascal_context')
     assert 'reproduced − reported' in md and '-0.40 (67.50 / 67.90)' in md
 
     # synthetic-only results are never diffed against papers
@@ -315,7 +319,7 @@ def test_png_files_produced(tmp_path):
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert (tmp_path / 'out' / 'tasks_pascal_context.png').stat().st_size > 10_000
     assert str(png) in text
-    frame, title = L.pareto_frame(L.build_leaderboard(
+    frame, title = pareto_frame(L.build_leaderboard(
         baselines() + two_seed_mtlora(), with_reported=True, reference_dir=REFERENCE,
         known_methods=KNOWN), 'pascal_context')
     assert set(frame['source']) == {'reproduced', 'reported'}

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 import mtlbench.run  # noqa: F401  (registers the loader's departure)
-from mtlbench import leaderboard as L
-from mtlbench import records as R
 from mtlbench.config import find_config, inner_dataset, load_config
 from mtlbench.datasets import PascalContextMT
 from mtlbench.evaluation.delta_m import delta_m
 from mtlbench.protocol import departures, protocol_label
+from mtlbench.reporting import comparability as C
+from mtlbench.reporting import leaderboard as L
+from mtlbench.reporting import schema as S
 
 from test_leaderboard import KNOWN, MTLORA, PASCAL_BASE, baselines, rec, row, two_seed_mtlora
 
@@ -41,20 +42,20 @@ def test_dataset_from_config_pads_as_its_protocol_says(pascal_root):
 
 
 def test_record_protocol_must_match_its_departures():
-    assert R.validate_record(rec('mtlora', 'r=64', 0, MTLORA, **PAD)) == []
+    assert S.validate_record(rec('mtlora', 'r=64', 0, MTLORA, **PAD)) == []
     bad = rec('mtlora', 'r=64', 0, MTLORA)
     bad.update(protocol='reference', departures=['label-pad-ignore'])
-    assert any('does not match departures' in p for p in R.validate_record(bad))
-    assert R.record_protocol(rec('mtlora', 'r=64', 0, MTLORA)) == 'unknown'  # written before
+    assert any('does not match departures' in p for p in S.validate_record(bad))
+    assert C.record_protocol(rec('mtlora', 'r=64', 0, MTLORA)) == 'unknown'  # written before
 
 
 def test_delta_m_baseline_has_the_same_protocol():
     shifted = {t: v + 5.0 for t, v in PASCAL_BASE.items()}
     pad_base = [rec('single_task', '', 0, {t: v}, **PAD) for t, v in shifted.items()]
     mtl = rec('mtlora', 'r=64', 0, MTLORA, **REF)
-    value, reason = R.compute_delta_m_for_record(mtl, pad_base + [mtl])
+    value, reason = C.compute_delta_m_for_record(mtl, pad_base + [mtl])
     assert value is None and 'protocol reference' in reason
-    value, _ = R.compute_delta_m_for_record(mtl, pad_base + baselines(seeds=(0,), **REF) + [mtl])
+    value, _ = C.compute_delta_m_for_record(mtl, pad_base + baselines(seeds=(0,), **REF) + [mtl])
     assert value == pytest.approx(delta_m(MTLORA, PASCAL_BASE, list(MTLORA)))
 
 

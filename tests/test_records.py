@@ -5,7 +5,9 @@ import threading
 
 import pytest
 
-from mtlbench import records as R
+from mtlbench.reporting import comparability as C
+from mtlbench.reporting import records as R
+from mtlbench.reporting import schema as S
 
 PASCAL_BASE = {'semseg': 67.21, 'human_parts': 61.93, 'sal': 62.35, 'normals': 17.97}
 FULL_FT = {'semseg': 67.56, 'human_parts': 60.24, 'sal': 65.21, 'normals': 16.64}
@@ -60,15 +62,15 @@ def test_run_id_shape_and_unique():
 
 
 def test_valid_records_have_no_problems():
-    assert R.validate_record(run_record()) == []
-    assert R.validate_record(bench_record()) == []
+    assert S.validate_record(run_record()) == []
+    assert S.validate_record(bench_record()) == []
     made = R.make_run_record(method='mtlora', variant='r=64', dataset='pascal_context',
                              tasks=['semseg'], seed=0, metrics={'semseg': {'mIoU': 60.0}},
                              pretrained=None, img_size=[448, 448], synthetic=True,
                              git_sha=None, epochs=1, iters=None,
                              params=run_record()['params'], wall_time_s=None, device='cpu',
                              torch_version=None, config={})
-    assert R.validate_record(made) == []
+    assert S.validate_record(made) == []
     assert made['primary']['semseg'] == {'metric': 'mIoU', 'value': 60.0,
                                          'higher_is_better': True}
 
@@ -93,7 +95,7 @@ def test_valid_records_have_no_problems():
 def test_validation_finds_problems(change, expect):
     rec = run_record()
     change(rec)
-    problems = R.validate_record(rec)
+    problems = S.validate_record(rec)
     assert problems and any(expect in p for p in problems), problems
 
 
@@ -216,7 +218,7 @@ def _baselines(values=PASCAL_BASE, seeds=(0, 1), spread=0.2, **over):
 
 def test_find_baseline_means_over_seeds():
     recs = _baselines()
-    values, reason = R.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448], 'resized-448',
+    values, reason = C.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448], 'resized-448',
                                      False, list(PASCAL_BASE))
     assert reason is None
     for t, v in PASCAL_BASE.items():
@@ -225,12 +227,12 @@ def test_find_baseline_means_over_seeds():
 
 def test_find_baseline_multi_task_record_and_missing_task():
     one = run_record('single_task', '', values=PASCAL_BASE)  # one record scoring all tasks
-    values, reason = R.find_baseline([one], 'pascal_context', 'swin-t', (448, 448),
+    values, reason = C.find_baseline([one], 'pascal_context', 'swin-t', (448, 448),
                                      'resized-448', False, list(PASCAL_BASE))
     assert values == PASCAL_BASE and reason is None
 
     partial = [r for r in _baselines() if r['tasks'] != ['sal']]
-    values, reason = R.find_baseline(partial, 'pascal_context', 'swin-t', [448, 448],
+    values, reason = C.find_baseline(partial, 'pascal_context', 'swin-t', [448, 448],
                                      'resized-448', False, list(PASCAL_BASE))
     assert values is None and 'sal' in reason and 'semseg' not in reason
 
@@ -238,18 +240,18 @@ def test_find_baseline_multi_task_record_and_missing_task():
 def test_find_baseline_never_crosses_comparability_keys():
     recs = _baselines(synthetic=True) + _baselines(img_size=[512, 512])
     for kw in ({}, {'pretrained': None}):
-        values, reason = R.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448],
+        values, reason = C.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448],
                                          'resized-448', False, list(PASCAL_BASE), **kw)
         assert values is None and reason
-    values, _ = R.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448], 'resized-448',
+    values, _ = C.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448], 'resized-448',
                                 True, list(PASCAL_BASE))
     assert values is not None
     # pretrained is matched by file name, not by path
-    values, _ = R.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448], 'resized-448',
+    values, _ = C.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448], 'resized-448',
                                 True, list(PASCAL_BASE),
                                 pretrained='/other/disk/swin_tiny_patch4_window7_224.pth')
     assert values is not None
-    values, reason = R.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448],
+    values, reason = C.find_baseline(recs, 'pascal_context', 'swin-t', [448, 448],
                                      'resized-448', True, list(PASCAL_BASE), pretrained=None)
     assert values is None and 'random init' in reason
 
@@ -257,18 +259,18 @@ def test_find_baseline_never_crosses_comparability_keys():
 def test_compute_delta_m_for_record_matches_paper_row():
     recs = _baselines(spread=0.0)
     mtl = run_record('full_ft', '', values=FULL_FT)
-    value, reason = R.compute_delta_m_for_record(mtl, recs + [mtl])
+    value, reason = C.compute_delta_m_for_record(mtl, recs + [mtl])
     assert reason is None
     assert value == pytest.approx(2.45, abs=0.01)  # metrics.md: +2.45 (paper prints +2.23)
 
-    value, reason = R.compute_delta_m_for_record(dict(mtl, synthetic=True), recs)
+    value, reason = C.compute_delta_m_for_record(dict(mtl, synthetic=True), recs)
     assert value is None and 'no single_task baseline' in reason
 
 
 def test_pretrained_key():
-    assert R.pretrained_key(None) == 'random init'
-    assert R.pretrained_key('/a/b/swin.pth') == R.pretrained_key('C:\\x\\swin.pth') == 'swin.pth'
-    assert R.comparability_key(run_record()) == (
+    assert C.pretrained_key(None) == 'random init'
+    assert C.pretrained_key('/a/b/swin.pth') == C.pretrained_key('C:\\x\\swin.pth') == 'swin.pth'
+    assert C.comparability_key(run_record()) == (
         'pascal_context', False, 'swin-t', (448, 448), 'resized-448',
         'swin_tiny_patch4_window7_224.pth', 'unknown')  # no protocol recorded: 'unknown'
 
@@ -278,11 +280,11 @@ def test_uncomputable_metric_is_recorded_as_null(tmp_path):
     path = R.write_record(rec, tmp_path)  # NaN -> null: the run is still recorded
     loaded, skipped = R.load_records(tmp_path)
     assert skipped == [] and loaded[0]['primary']['human_parts']['value'] is None
-    value, reason = R.compute_delta_m_for_record(loaded[0], _baselines())
+    value, reason = C.compute_delta_m_for_record(loaded[0], _baselines())
     assert value is None and 'human_parts' in reason
     base = _baselines(values={'human_parts': 61.93}) + [
         run_record('single_task', '', seed=9, values={'human_parts': float('nan')})]
-    values, _ = R.find_baseline(base, 'pascal_context', 'swin-t', [448, 448], 'resized-448',
+    values, _ = C.find_baseline(base, 'pascal_context', 'swin-t', [448, 448], 'resized-448',
                                 False, ['human_parts'])
     assert values['human_parts'] == pytest.approx(61.93 + 0.1)  # the null one is left out
     assert path.exists()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mtlbench import records as R
+from mtlbench.reporting import records as R
 from mtlbench.sweep import SweepJob, emit_slurm, pending_jobs, plan_sweep, run_sweep
 
 

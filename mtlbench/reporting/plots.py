@@ -1,6 +1,6 @@
 """Leaderboard figures: Δm against trainable parameters (Pareto plot) and per-task bars.
 
-Both functions take a plain DataFrame (``mtlbench.leaderboard.pareto_frame`` builds one) and
+Both functions take a plain DataFrame (:func:`pareto_frame` builds one from a leaderboard) and
 write a PNG with matplotlib's Agg backend, so they run headless.
 
 Not in the brief, chosen here:
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import textwrap
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -27,9 +27,11 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from mtlbench.reporting.reported import _norm_variant  # noqa: E402
+from mtlbench.reporting.tables import DATASET_NAMES, LeaderboardResult, _is_nan, _row_label  # noqa: E402
 from mtlbench.tasks import TASKS  # noqa: E402
 
-__all__ = ['pareto_plot', 'task_bars', 'pareto_front']
+__all__ = ['pareto_frame', 'pareto_plot', 'task_bars', 'pareto_front']
 
 
 def pareto_front(params: Sequence[float], delta_m: Sequence[float]) -> List[int]:
@@ -274,3 +276,53 @@ def task_bars(df: pd.DataFrame, path: Path | str, tasks: Optional[Sequence[str]]
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def pareto_frame(result: LeaderboardResult, dataset: str) -> Tuple[pd.DataFrame, str]:
+    """Points for :func:`pareto_plot`: the dataset's main reproduced table
+    (real data preferred) plus reported rows when they are comparable.
+
+    Returns:
+        tuple: ``(frame, title)``; frame columns ``label, method, variant, delta_m, params_m,
+        source ('reproduced'|'reported'), params_note`` plus per-task means.
+    """
+    part = result.for_dataset(dataset)
+    rows = []
+    title = DATASET_NAMES.get(dataset, dataset)
+    main = part.tables[0] if part.tables else None
+    if main is not None:
+        title = main.title
+        for i in range(len(main.rows)):
+            r = main.rows.loc[i]
+            item = {'label': _row_label(r['method'], r['variant'])
+                    + (' [best]' if r['checkpoint'] == 'best' else ''),
+                    'method': r['method'], 'variant': r['variant'], 'delta_m': r['delta_m'],
+                    'params_m': r['params_trainable_m'], 'source': 'reproduced',
+                    'params_note': ''}
+            item.update({t: r[t] for t in main.tasks})
+            rows.append(item)
+    use_reported = main is None or main.comparable_to_papers
+    if use_reported:
+        for rep in part.reported:
+            seen = set()
+            df = rep.rows
+            order = sorted(range(len(df)), key=lambda i: (
+                df.loc[i, 'origin'] != 'own', _is_nan(df.loc[i, 'params_m']),
+                'encoder only' in str(df.loc[i, 'params_note']).lower()))
+            for i in order:
+                r = df.loc[i]
+                if 'ablation' in str(r['table']).lower() or 'ablation' in str(r['variant']):
+                    continue
+                k = (r['method'], _norm_variant(r['variant']))
+                if k in seen:
+                    continue
+                seen.add(k)
+                item = {'label': _row_label(r['method'], r['variant']), 'method': r['method'],
+                        'variant': r['variant'], 'delta_m': r['delta_m'],
+                        'params_m': r['params_m'], 'source': 'reported',
+                        'params_note': r['params_note']}
+                item.update({t: r[t] for t in rep.tasks})
+                rows.append(item)
+        if part.reported:
+            title += ' (+ reported)' if main is not None else ' — REPORTED in papers only'
+    return pd.DataFrame(rows), title
