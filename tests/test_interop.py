@@ -52,9 +52,9 @@ def _cli_error(args, capsys) -> str:
 
 
 # --------------------------------------------------------------- the reference's own model
-def _compare_tool():
-    path = Path(__file__).resolve().parents[1] / 'tools' / 'compare_reference.py'
-    spec = importlib.util.spec_from_file_location('compare_reference', path)
+def _parity_tool():
+    path = Path(__file__).resolve().parents[1] / 'tools' / 'parity_vs_reference.py'
+    spec = importlib.util.spec_from_file_location('parity_vs_reference', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -87,7 +87,7 @@ def reference(tmp_path_factory):
     if not REF_DIR:
         pytest.skip('MTLBENCH_MTLORA_REF (a checkout of scale-lab/MTLoRA) not set')
     torch.manual_seed(0)
-    ref = _compare_tool().build_reference(REF_DIR, R, TASK_R, TOY['img_size'], False, arch=TOY['arch'],
+    ref = _parity_tool().build_reference(REF_DIR, R, TASK_R, TOY['img_size'], False, arch=TOY['arch'],
                                           window_size=TOY['window_size'], decoder_channels=TOY['decoder_channels'])
     with torch.no_grad():
         for name, prm in ref.named_parameters():
@@ -123,7 +123,7 @@ def test_mtlora_plus_reference_weights_give_reference_outputs():
     if not REF_DIR:
         pytest.skip('MTLBENCH_MTLORA_REF (a checkout of scale-lab/MTLoRA) not set')
     torch.manual_seed(0)
-    ref = _compare_tool().build_reference(REF_DIR, R, TASK_R, TOY['img_size'], True, arch=TOY['arch'],
+    ref = _parity_tool().build_reference(REF_DIR, R, TASK_R, TOY['img_size'], True, arch=TOY['arch'],
                                           window_size=TOY['window_size'], decoder_channels=TOY['decoder_channels'])
     with torch.no_grad():
         for name, prm in ref.named_parameters():
@@ -146,7 +146,7 @@ def test_ditask_reference_weights_give_reference_outputs(tmp_path):
         pytest.skip('MTLBENCH_DITASK_REF (a checkout of Malygossssss/DiTASK @ 1ef40ae) not set')
     pytest.importorskip('difw')
     torch.manual_seed(0)
-    ref = _compare_tool().build_reference_ditask(DITASK_REF_DIR, 8, 3, TOY['img_size'], arch=TOY['arch'],
+    ref = _parity_tool().build_reference_ditask(DITASK_REF_DIR, 8, 3, TOY['img_size'], arch=TOY['arch'],
                                                  window_size=TOY['window_size'],
                                                  decoder_channels=TOY['decoder_channels']).eval()
     path = tmp_path / 'ditask.pth'

@@ -82,8 +82,8 @@ REF = os.environ.get('MTLBENCH_MTLORA_REF')
 
 @pytest.mark.skipif(not REF, reason='MTLBENCH_MTLORA_REF (a checkout of scale-lab/MTLoRA) not set')
 def test_groups_equal_reference_set_weight_decay():
-    tools = os.path.join(os.path.dirname(__file__), '..', 'tools', 'compare_reference.py')
-    spec = importlib.util.spec_from_file_location('compare_reference', tools)
+    tools = os.path.join(os.path.dirname(__file__), '..', 'tools', 'parity_vs_reference.py')
+    spec = importlib.util.spec_from_file_location('parity_vs_reference', tools)
     cmp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cmp)
     ref_model = cmp.build_reference(REF, 4, 2, 224, plus=False)

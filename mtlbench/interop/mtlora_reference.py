@@ -31,7 +31,7 @@ see :data:`DITASK_INERT`), every tensor of the mtlbench model is filled, shapes 
 else is one :class:`ReferenceCheckpointError` that names the first offenders.
 
 Checked against the reference models themselves (``tests/test_interop.py``, and
-``tools/compare_reference.py`` at full size): the imported model gives the reference's outputs.
+``tools/parity_vs_reference.py`` at full size): the imported model gives the reference's outputs.
 """
 from __future__ import annotations
 

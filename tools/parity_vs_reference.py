@@ -9,7 +9,7 @@ checkpoints), gives every LoRA B a random non-zero value so the adapters matter,
 difference of the per-task outputs on the same input (eval mode). ``--grads`` also compares the
 gradients of every parameter both models have, in float64.
 
-    python tools/compare_reference.py --method mtlora --reference-dir ~/src/MTLoRA [--r 64] [--img-size 448] [--grads]
+    python tools/parity_vs_reference.py --method mtlora --reference-dir ~/src/MTLoRA [--r 64] [--img-size 448] [--grads]
 
 ``--train-steps K`` trains both for K iterations on CPU in float64 from the same initial weights:
 the reference with its own optimizer builder (``optimizer.py``), lr scheduler
@@ -21,7 +21,7 @@ random augmentation), adapter dropout and drop path 0. Prints per iteration the 
 loss, the total loss and the gradient norm before clipping, then the largest parameter
 difference (``results/parity/``).
 
-    python tools/compare_reference.py --reference-dir ~/src/MTLoRA --train-steps 20 --img-size 224
+    python tools/parity_vs_reference.py --reference-dir ~/src/MTLoRA --train-steps 20 --img-size 224
 
 ``--method ditask`` builds DiTASK from the fork Malygossssss/DiTASK @ 1ef40ae (the release lacks
 its model file; the fork adds it). TADFormer is not supported: its repository must not be run

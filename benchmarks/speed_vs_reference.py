@@ -2,7 +2,7 @@
 """Time mtlbench's MTLoRA against the MTLoRA reference implementation in one process.
 
 Both models are built with the same configuration and weights (see
-``tools/compare_reference.py``); their training step (forward + backward + AdamW step on the
+``tools/parity_vs_reference.py``); their training step (forward + backward + AdamW step on the
 trainable parameters, frozen exactly as each code base freezes them) and inference are timed on
 the same inputs, alternating between the two so that machine noise hits both alike. Prints the
 median times and the mtlbench / reference ratios (for the training step also the median of the
@@ -16,7 +16,7 @@ The process keeps freed memory for reuse (``mtlbench.engine.cpu_memory``), as ``
 does; both models run under that setting, so the ratios compare code, not allocators.
 ``--compile`` adds mtlbench's ``torch.compile``d training step (compiled once, before timing).
 
-    python benchmarks/compare_reference.py --reference-dir ~/src/MTLoRA --batch-size 2 --img-size 448
+    python benchmarks/speed_vs_reference.py --reference-dir ~/src/MTLoRA --batch-size 2 --img-size 448
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tools'))
-from compare_reference import TASKS, build_ours, build_reference, map_reference_to_ours  # noqa: E402
+from parity_vs_reference import TASKS, build_ours, build_reference, map_reference_to_ours  # noqa: E402
 
 
 def _freeze_reference(model):
