@@ -1,4 +1,4 @@
-"""uint8 batches over the bus, normalised on the device (mtlbench/engine/transfer.py): the model
+"""uint8 batches over the bus, normalised on the device (mtlbench/transfer.py): the model
 sees what the float pipeline gives, to 1e-6."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from mmengine.dataset import default_collate
 
 from mtlbench.datasets import MTNormalize, MTPackInputs
-from mtlbench.engine.transfer import MultiTaskDataPreprocessor, compact_collate
+from mtlbench.transfer import MultiTaskDataPreprocessor, compact_collate
 
 
 def _sample(seed: int, image_cast: str = 'wrap') -> dict:

@@ -5,10 +5,9 @@ from mtlbench.engine.data import ResumableSampler, SeededDataset, sample_seed, s
 from mtlbench.engine.hooks import IterSeedHook, MergeAdaptersHook
 from mtlbench.engine.loops import PREEMPT_CHECKPOINT, AmpValLoop, Preempted, ResumableEpochBasedTrainLoop
 from mtlbench.engine.runner import MTLRunner
-from mtlbench.engine.transfer import MultiTaskDataPreprocessor, compact_collate
 from mtlbench.engine.state_guard import NonFiniteStateError, StateGuardHook
 
 __all__ = ['CheckpointError', 'find_resumable_checkpoint', 'register_safe_loader', 'safe_torch_load',
            'ResumableSampler', 'SeededDataset', 'sample_seed', 'stop_data_workers', 'IterSeedHook', 'MergeAdaptersHook', 'PREEMPT_CHECKPOINT',
            'Preempted', 'ResumableEpochBasedTrainLoop', 'AmpValLoop', 'MTLRunner', 'NonFiniteStateError',
-           'StateGuardHook', 'MultiTaskDataPreprocessor', 'compact_collate']
+           'StateGuardHook']

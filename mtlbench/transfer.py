@@ -23,10 +23,9 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from mmengine.dataset import default_collate
 from mmengine.model import BaseDataPreprocessor
-from mmengine.registry import FUNCTIONS
+from mmengine.registry import FUNCTIONS, MODELS
 
 from mtlbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mtlbench.registry import MODELS
 
 __all__ = ['compact_collate', 'compact_batch', 'MultiTaskDataPreprocessor']
 _LABEL_DTYPES = (torch.uint8, torch.int16)
@@ -75,6 +74,8 @@ def compact_collate(data_batch: Sequence[Any], mean: Sequence[float] = IMAGENET_
     return compact_batch(default_collate(data_batch), mean, std)
 
 
+# In mmengine's root registries: ``BaseModel`` builds its data preprocessor from the root, and
+# models are also built outside a Runner (bench, parameter counts), where no scope is set.
 @MODELS.register_module()
 class MultiTaskDataPreprocessor(BaseDataPreprocessor):
     """Copy a batch to the model's device (``non_blocking``), then widen what
