@@ -42,8 +42,11 @@ def attention_calls(method: str):
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()
                if isinstance(m, WindowAttention)]
     out_streams = {}
-    handles += [m.qkv.register_forward_hook(lambda mod, a, o, key=id(mod): out_streams.__setitem__(key, o.shape[0]))
-                for m in model.modules() if isinstance(m, WindowAttention)]
+
+    def record_streams(qkv, args, out):
+        out_streams[id(qkv)] = out.shape[0]   # S' after a site that forks task streams
+
+    handles += [m.qkv.register_forward_hook(record_streams) for m in model.modules() if isinstance(m, WindowAttention)]
     with torch.no_grad():
         model(torch.randn(1, 3, 448, 448))
     for h in handles:
