@@ -235,12 +235,22 @@ def prepare_config(opts: RunOptions) -> Config:
                                                               dict(type='MetricsCaptureHook', eval_before_train=opts.eval_before_train)]
     resolve_precision(cfg, opts.amp, cuda=torch.cuda.is_available())
     cfg.launcher = opts.launcher
-    from mtlbench.method import build_method
-    unused = build_method(dict(cfg.model.method), cfg.model.tasks).ddp_find_unused_parameters()
-    configure_distributed(cfg, find_unused_parameters=unused, cuda=torch.cuda.is_available())
+    if opts.launcher != 'none':
+        configure_distributed(cfg, find_unused_parameters=_has_unused_parameters(cfg), cuda=torch.cuda.is_available())
     cfg.synthetic = synthetic
     cfg.config_path = str(path)
     return cfg
+
+
+def _has_unused_parameters(cfg: Config) -> bool:
+    """The method's :meth:`~mtlbench.method.Method.ddp_find_unused_parameters` (one task's model
+    for methods that train one model per task)."""
+    from mtlbench.method import build_method
+    from mtlbench.registry import METHODS
+    tasks = list(cfg.model.tasks)
+    if getattr(METHODS.get(cfg.model.method.type), 'one_model_per_task', False):
+        tasks = tasks[:1]
+    return build_method(dict(cfg.model.method), tasks).ddp_find_unused_parameters()
 
 
 def model_identity(model_cfg: Any) -> Dict[str, Any]:

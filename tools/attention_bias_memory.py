@@ -78,13 +78,14 @@ def bias_bytes(calls, batch: int, itemsize: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--batch', type=int, default=32)
+    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     lines = [f'# tools/attention_bias_memory.py --batch {args.batch}: shifted-window bias memory, 448x448, '
              f'PASCAL (4 tasks); sizes from the shapes each attention call saw, GiB',
              f'{"method":15} {"dtype":5} {"before: retained":>17} {"max transient":>14} '
              f'{"after: retained":>16} {"max transient":>14} {"saved at peak":>14}']
-    for method in METHODS:
+    for method in args.methods:
         calls = attention_calls(method)
         for dtype, size in (('bf16', 2), ('fp32', 4)):
             b = bias_bytes(calls, args.batch, size)
@@ -94,7 +95,7 @@ def main() -> None:
         print(lines[-2], lines[-1], sep='\n', flush=True)
     text = '\n'.join(lines) + '\n'
     if args.out:
-        with open(args.out, 'w') as f:
+        with open(args.out, 'a' if args.methods != list(METHODS) else 'w') as f:
             f.write(text)
     else:
         print(text)
