@@ -90,8 +90,9 @@ def main() -> None:
         for dtype, size in (('bf16', 2), ('fp32', 4)):
             b = bias_bytes(calls, args.batch, size)
             saved = (b['before_retained'] + b['before_transient']) - (b['after_retained'] + b['after_transient'])
-            lines.append(f'{method:15} {dtype:5} {b["before_retained"] / GIB:17.2f} {b["before_transient"] / GIB:14.2f} '
-                         f'{b["after_retained"] / GIB:16.3f} {b["after_transient"] / GIB:14.2f} {saved / GIB:14.2f}')
+            lines.append(f'{method:15} {dtype:5} {b["before_retained"] / GIB:17.2f} '
+                         f'{b["before_transient"] / GIB:14.2f} {b["after_retained"] / GIB:16.3f} '
+                         f'{b["after_transient"] / GIB:14.2f} {saved / GIB:14.2f}')
         print(lines[-2], lines[-1], sep='\n', flush=True)
     text = '\n'.join(lines) + '\n'
     if args.out:
