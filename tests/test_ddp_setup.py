@@ -84,3 +84,17 @@ def test_two_ranks_train_ditask_inert_and_evaluate_one_model(tmp_path):
     for k in r0['bn']:                                              # ... and evaluate rank 0's statistics
         assert torch.equal(r1['synced'][k], r0['bn'][k]) and torch.equal(r0['synced'][k], r0['bn'][k]), k
     assert r0['gathered'] == ['rank0-0', 'rank1-0', 'rank0-1'] and r1['gathered'] is None
+
+
+def test_prepared_ddp_run_config(pascal_root, monkeypatch):
+    """A torchrun run of DiTASK with the inert thetas searches for unused parameters; a per-task
+    method (single_task over two tasks) prepares without building a two-task model."""
+    from mtlbench.run import RunOptions, prepare_config
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    cfg = prepare_config(RunOptions(method='ditask', data_root=pascal_root, launcher='pytorch',
+                                    cfg_options={'model.method.inert_qkv_task_theta': True}))
+    assert cfg.model_wrapper_cfg.find_unused_parameters and cfg.model_wrapper_cfg.broadcast_buffers
+    assert cfg.val_evaluator.collect_device == 'gpu'
+    cfg = prepare_config(RunOptions(method='single_task', data_root=pascal_root, launcher='pytorch',
+                                    tasks=['semseg', 'sal']))
+    assert not cfg.model_wrapper_cfg.find_unused_parameters
