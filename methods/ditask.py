@@ -34,8 +34,8 @@ Counts on PASCAL's four tasks, Swin-T 448 (``tests/test_method_ditask.py``): ``t
 trainable 1,602,714; with the decoders (1,946,624) 3,549,338. The release builds 3,312
 ``theta``: it also gives every ``qkv`` (all 12 blocks) per-task ``theta`` whose outputs its
 attention discards (``qkv, _ = self.qkv(x)``), 144 parameters that never receive a gradient
-(the release trains with ``find_unused_parameters=True``). ``inert_qkv_task_theta=True``
-reproduces them, and the count 3,312 / 1,602,858 / 3,549,482. The paper prints 1.60M
+(the release trains with ``find_unused_parameters=True``, as mtlbench's DDP does when they are
+built). ``inert_qkv_task_theta=True`` reproduces them, and the count 3,312 / 1,602,858 / 3,549,482. The paper prints 1.60M
 (single-task) / 1.61M (MTL) encoder-only; both builds round to 1.60M.
 
 Not in paper: how theta is parametrised and normalised; chosen: difw's zero-boundary 'rref'
@@ -525,6 +525,11 @@ class DiTASK(Method):
     def variant(self) -> str:
         c = self.config
         return f'cells={c.num_cells}/{c.task_num_cells}'
+
+    def ddp_find_unused_parameters(self) -> bool:
+        """The release's inert qkv task thetas never get a gradient; it trains with
+        ``find_unused_parameters=True``, and so does mtlbench when they are built."""
+        return self.config.inert_qkv_task_theta
 
     def adapt(self, backbone: nn.Module) -> List[str]:
         c = self.config

@@ -57,7 +57,8 @@ while the paper's counts need the DTF. Default here: the paper's DTF; ``task_fil
 gives the release (:class:`StaticTaskFilter`; r=64: 6,940,926).
 
 Not in paper: the DTF's FilterNorm details; chosen: the reference's DTF class (unbiased std over
-the taps, eps 1e-10 added to it, per-tap std init N(0,1)*sqrt(2)/3, per-tap mean init N(0,1)).
+the taps, eps 1e-10 added to it, per-tap std init N(0,1)*sqrt(2)/3, per-tap mean init N(0,1)); the
+statistic is computed in fp32 even under AMP (1e-10 is 0 in fp16).
 Not in paper: what the TPC multiplies; chosen: as the reference, the LoRA-dropped-out attention
 output (the shared input after ``dropout``), so ``u_t`` and ``x_t`` see the same dropout mask.
 Not in paper: ``prompt_len > 1`` in the TPC (the reference only runs with 1); chosen: the GELU'd
@@ -330,9 +331,13 @@ class DynamicTaskFilter(MethodModule):
         Returns:
             ``[..., r, k*k]``.
         """
-        centred = raw - raw.mean(-1, keepdim=True)
-        normed = centred / (raw.std(-1, keepdim=True) + self.eps)
-        return normed * self.tad_tap_std + self.tad_tap_mean
+        # In fp32 with autocast off: in fp16 the reference's eps 1e-10 rounds to 0, so taps with
+        # a tiny spread divide by (near) zero; fp32 runs compute exactly the reference's numbers.
+        with torch.autocast(raw.device.type, enabled=False):
+            raw = raw.float()
+            centred = raw - raw.mean(-1, keepdim=True)
+            normed = centred / (raw.std(-1, keepdim=True) + self.eps)
+            return normed * self.tad_tap_std.float() + self.tad_tap_mean.float()
 
     def kernels(self, z: torch.Tensor) -> torch.Tensor:
         """Per-sample kernels ``[..., r, k, k]`` of maps ``z`` ``[..., h, w, r]``."""

@@ -152,6 +152,12 @@ class Method:
         """JSON-able extras for the run record (e.g. FAAR's per-adapter rank history)."""
         return {}
 
+    def ddp_find_unused_parameters(self) -> bool:
+        """True when some trainable parameters never receive a gradient, so DDP must look for
+        them every step (``find_unused_parameters=True``); otherwise DDP would stop at the
+        second iteration waiting for their gradients."""
+        return False
+
 
 def build_method(cfg: Any, tasks: Sequence[str]) -> Method:
     """Build a method from ``dict(type='mtlora', r=64, ...)``, a name, or an instance."""

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from mmengine.model import BaseModel
 
+import mtlbench.transfer  # noqa: F401  (registers the configs' data_preprocessor)
 from mtlbench.heads.hrnet import MultiTaskDecoder
 from mtlbench.method import Method, apply_trainable, build_method, param_breakdown
 from mtlbench.registry import MODELS

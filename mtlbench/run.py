@@ -34,8 +34,9 @@ from mmengine.logging import MMLogger, print_log
 from mtlbench.config import as_plain, find_config, inner_dataset, load_config, resolve
 from mtlbench.protocol import departures, protocol_label, register_departure
 from mtlbench.engine.device import device_name, prepare_device
+from mtlbench.engine.distributed import configure_distributed
 from mtlbench.model import compile_model
-from mtlbench.precision import resolve_precision
+from mtlbench.precision import apply_tf32, resolve_precision
 from mtlbench.registry import HOOKS
 
 import mtlbench.lr_schedule  # noqa: F401  (ReferenceCosineLR)
@@ -234,12 +235,22 @@ def prepare_config(opts: RunOptions) -> Config:
                                                               dict(type='MetricsCaptureHook', eval_before_train=opts.eval_before_train)]
     resolve_precision(cfg, opts.amp, cuda=torch.cuda.is_available())
     cfg.launcher = opts.launcher
-    if opts.launcher != 'none' and not torch.cuda.is_available():
-        cfg.env_cfg.dist_cfg = dict(backend='gloo')
-        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
+    if opts.launcher != 'none':
+        configure_distributed(cfg, find_unused_parameters=_has_unused_parameters(cfg), cuda=torch.cuda.is_available())
     cfg.synthetic = synthetic
     cfg.config_path = str(path)
     return cfg
+
+
+def _has_unused_parameters(cfg: Config) -> bool:
+    """The method's :meth:`~mtlbench.method.Method.ddp_find_unused_parameters` (one task's model
+    for methods that train one model per task)."""
+    from mtlbench.method import build_method
+    from mtlbench.registry import METHODS
+    tasks = list(cfg.model.tasks)
+    if getattr(METHODS.get(cfg.model.method.type), 'one_model_per_task', False):
+        tasks = tasks[:1]
+    return build_method(dict(cfg.model.method), tasks).ddp_find_unused_parameters()
 
 
 def model_identity(model_cfg: Any) -> Dict[str, Any]:
@@ -352,6 +363,7 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
 
     cfg = copy.deepcopy(cfg)
     prepare_device('cuda' if torch.cuda.is_available() else 'cpu')
+    apply_tf32(bool(cfg.get('tf32', False)))
     cfg.work_dir = _work_dir(opts, cfg, tag)
     if opts.resume:
         ckpt = find_resumable_checkpoint(cfg.work_dir, accept=_resume_filter(cfg))

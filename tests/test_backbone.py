@@ -62,7 +62,7 @@ def test_gradients_equal_timm_swin_tiny(timm_swin):
 
 @pytest.mark.parametrize('prefix', [0, 2])
 def test_sdpa_and_plain_attention_agree(prefix):
-    """The GPU path (SDPA with the bias expanded per window) and the CPU path (plain product,
+    """The GPU path (SDPA, windows as heads, bias broadcast) and the CPU path (plain product,
     broadcast bias) give the same outputs and gradients, shifted windows and prefix tokens included."""
     from mtlbench.backbones.swin import SwinBlock
     torch.manual_seed(0)
@@ -82,6 +82,36 @@ def test_sdpa_and_plain_attention_agree(prefix):
     for a, b in zip(*results):
         if a is not None:
             torch.testing.assert_close(a, b)
+
+
+def test_sdpa_mask_broadcasts_instead_of_per_window_copies(monkeypatch):
+    """The GPU path hands SDPA a bias with one entry per (window, head), not one per batch
+    element, in the queries' dtype (fused kernels need a matching dtype), and still agrees with
+    the plain product under bf16."""
+    import torch.nn.functional as F
+    from mtlbench.backbones.swin import SwinBlock
+    torch.manual_seed(0)
+    block = SwinBlock(16, (8, 8), num_heads=2, window_size=4, shift=True)
+    x = torch.randn(1, 6, 8, 8, 16)
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((tuple(q.shape), tuple(attn_mask.shape), attn_mask.dtype, q.dtype))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+    block.attn.use_sdpa = True
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        fused, _ = block(x)
+    (q_shape, mask_shape, mask_dtype, q_dtype), = seen
+    # 4 windows of 4x4 tokens, 2 heads, batch 6: queries [6, 4 * 2, 16, 8], bias [1, 4 * 2, 16, 16]
+    assert q_shape == (6, 8, 16, 8) and mask_shape == (1, 8, 16, 16)
+    assert mask_dtype == q_dtype == torch.bfloat16
+    block.attn.use_sdpa = False
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        plain, _ = block(x)
+    torch.testing.assert_close(fused.float(), plain.float(), atol=2e-2, rtol=2e-2)
 
 
 def test_window_order_is_roll_then_partition():

@@ -105,10 +105,15 @@ def reference(tmp_path_factory):
     return ref, path
 
 
-def test_reference_checkpoint_gives_reference_outputs(reference):
+@pytest.mark.parametrize('attention', ['plain', 'sdpa'])
+def test_reference_checkpoint_gives_reference_outputs(reference, attention):
+    """Both attention paths (CPU's plain product, the GPU's SDPA with a broadcast bias) match."""
     ref, path = reference
     ours = _toy_mtlbench()
     assert load_for_evaluation(str(path), ours) == 'mtlora-reference'
+    for module in ours.modules():
+        if hasattr(module, 'use_sdpa'):
+            module.use_sdpa = attention == 'sdpa'
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out_ref, out_ours = ref(x), ours(x)

@@ -467,22 +467,24 @@ def test_configs_cover_the_paper_rows():
 
 
 # ----------------------------------------------------------------------------- precision, regime
-def test_kernels_are_fp32_under_bf16_autocast():
-    """bf16 would round w_t M before the sine; the kernels must match the fp32 ones exactly."""
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_kernels_are_fp32_under_autocast(dtype):
+    """bf16 / fp16 would round w_t M before the sine (fp16 flushes small products to zero); the
+    kernels must match the fp32 ones exactly."""
     torch.manual_seed(0)
     cfg = FreeSinewichConfig(r=4, dropout=0.0, clock='fixed')
     layer = SineAWBLinear(nn.Linear(16, 24), 3, 'fc1', 4, TaskFrequencies(3, 10.0, 1.0, 0.25, False), cfg)
     with torch.no_grad():
         layer.awb_A.normal_(0, 0.3)
     ref = layer.task_kernels()
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast('cpu', dtype=dtype):
         got = layer.task_kernels()
         out = layer(torch.randn(1, 2, 5, 5, 16))
     assert got.dtype == torch.float32 and out.shape == (4, 2, 5, 5, 24)
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
     dec = SineSharedDecoder(MultiTaskDecoder(PASCAL, DATASET_TASKS['pascal_context'], (32, 64, 128, 128),
                                              (4, 8, 8, 8), (56, 56)), TaskFrequencies(4, 10.0, 1.0, 0.25), 'sine')
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast('cpu', dtype=dtype):
         assert dec.shared_conv.task_weights().dtype == torch.float32
 
 

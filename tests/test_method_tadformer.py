@@ -255,6 +255,25 @@ def test_filter_norm_standardises_taps():
         assert torch.allclose(dtf.kernels(shuffled), dtf.kernels(z), atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_filter_norm_is_fp32_under_autocast(dtype):
+    """Taps with no spread: 0 / (0 + 1e-10) = 0 in fp32, but 0 / 0 = NaN if eps is rounded to the
+    half-precision zero; spread taps give the fp32 numbers."""
+    torch.manual_seed(0)
+    dtf = DynamicTaskFilter(r=3)
+    flat = torch.full((2, 3, 9), 0.7).to(dtype)
+    spread = torch.randn(2, 3, 9)
+    with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
+        got_flat = dtf.filter_norm(flat)
+        got_spread = dtf.filter_norm(spread.to(dtype))
+    assert torch.isfinite(got_flat).all()
+    torch.testing.assert_close(got_flat, dtf.tad_tap_mean.detach().expand(2, 3, 9))
+    centred = spread.to(dtype).double() - spread.to(dtype).double().mean(-1, keepdim=True)
+    expected = centred / centred.pow(2).sum(-1, keepdim=True).div(8).sqrt() * dtf.tad_tap_std.double() \
+        + dtf.tad_tap_mean.double()
+    torch.testing.assert_close(got_spread.double(), expected.detach(), atol=1e-5, rtol=1e-5)
+
+
 def test_depthwise_conv_per_sample_and_shared():
     torch.manual_seed(0)
     z = torch.randn(2, 3, 5, 6, 4)

@@ -25,3 +25,9 @@ randomness = dict(seed=0, deterministic=False)
 # Which checkpoint a run reports: the last epoch (the reference picks the best Δm over
 # evaluations on the test split, which leaks it; mtlbench does not).
 report_checkpoint = 'last'
+
+# GPU execution options (mtlbench.precision, mtlbench.engine.distributed); each is a named
+# departure when set, the reference ran with none of them.
+eval_amp = False   # evaluate under the training AMP dtype (the reference evaluates in fp32)
+tf32 = False       # fp32 matmuls / convolutions on CUDA in TF32
+sync_bn = None     # 'torch': SyncBatchNorm across DDP ranks (the reference keeps per-rank BN)

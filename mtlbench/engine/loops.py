@@ -1,4 +1,5 @@
-"""Epoch-based training loop that resumes mid-epoch and stops cleanly on pre-emption.
+"""Epoch-based training loop that resumes mid-epoch and stops cleanly on pre-emption, and a
+validation loop that evaluates under AMP (named option ``eval_amp``, :mod:`mtlbench.precision`).
 
 mmengine's ``EpochBasedTrainLoop`` restarts an interrupted epoch from its first batch. This
 loop skips the batches the checkpoint already trained on (through
@@ -12,11 +13,13 @@ import signal
 from typing import Any, Dict
 
 from mmengine.logging import print_log
-from mmengine.runner import EpochBasedTrainLoop
+import torch
+from mmengine.runner import EpochBasedTrainLoop, ValLoop
+from mmengine.runner.loops import _update_losses
 
 from mtlbench.registry import LOOPS
 
-__all__ = ['ResumableEpochBasedTrainLoop', 'Preempted', 'PREEMPT_CHECKPOINT']
+__all__ = ['ResumableEpochBasedTrainLoop', 'AmpValLoop', 'Preempted', 'PREEMPT_CHECKPOINT']
 
 PREEMPT_CHECKPOINT = 'preempt.pth'
 
@@ -90,3 +93,30 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         path = osp.join(self.runner.work_dir, PREEMPT_CHECKPOINT)
         print_log(f'pre-empted: checkpoint saved to {path}; continue with --resume', logger='current')
         raise Preempted(path)
+
+
+@LOOPS.register_module()
+class AmpValLoop(ValLoop):
+    """``ValLoop`` whose model forward runs under autocast in ``dtype`` (mmengine's own ``fp16``
+    flag knows only float16); the metrics are computed outside autocast, as in training's loss.
+
+    Args:
+        dtype: ``'float16'`` or ``'bfloat16'``.
+        device_type: autocast device; ``None`` = CUDA when available, else CPU.
+    """
+
+    def __init__(self, *args: Any, dtype: str = 'float16', device_type: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if dtype not in ('float16', 'bfloat16'):
+            raise ValueError(f"AmpValLoop dtype must be 'float16' or 'bfloat16', got {dtype!r}")
+        self.dtype = getattr(torch, dtype)
+        self.device_type = device_type or ('cuda' if torch.cuda.is_available() else 'cpu')
+
+    @torch.no_grad()
+    def run_iter(self, idx, data_batch) -> None:
+        self.runner.call_hook('before_val_iter', batch_idx=idx, data_batch=data_batch)
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            outputs = self.runner.model.val_step(data_batch)
+        outputs, self.val_loss = _update_losses(outputs, self.val_loss)
+        self.evaluator.process(data_samples=outputs, data_batch=data_batch)
+        self.runner.call_hook('after_val_iter', batch_idx=idx, data_batch=data_batch, outputs=outputs)

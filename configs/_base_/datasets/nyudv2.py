@@ -17,7 +17,7 @@ train_dataloader = dict(
     pin_memory=True,
     drop_last=True,  # the reference drops the last incomplete batch
     sampler=dict(type='DefaultSampler', shuffle=True),
-    collate_fn=dict(type='default_collate'),
+    collate_fn=dict(type='compact_collate'),  # uint8 images / labels over the bus
     dataset=dict(type='NYUDv2MT', data_root=data_root, split='train', tasks=tasks, img_size=img_size),
 )
 val_dataloader = dict(
@@ -26,7 +26,7 @@ val_dataloader = dict(
     persistent_workers=True,
     pin_memory=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='default_collate'),
+    collate_fn=dict(type='compact_collate'),  # uint8 images / labels over the bus
     dataset=dict(type='NYUDv2MT', data_root=data_root, split='val', tasks=tasks, img_size=img_size),
 )
 val_evaluator = dict(type='MultiTaskMetric', tasks=tasks, dataset_name=dataset_name)

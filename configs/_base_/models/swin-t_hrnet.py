@@ -18,4 +18,6 @@ model = dict(
     ),
     decoder=dict(channels=(18, 36, 72, 144)),
     loss_weights=None,  # None = reference weights (mtlbench.tasks)
+    # non-blocking copy to the device, uint8 images normalised there (mtlbench.transfer)
+    data_preprocessor=dict(type='MultiTaskDataPreprocessor'),
 )
