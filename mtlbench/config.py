@@ -15,10 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 
+from mtlbench.errors import UserError
+
 __all__ = ['config_root', 'find_config', 'list_configs', 'load_config', 'check_overrides', 'ConfigError']
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be found or an override of a key that does not exist."""
 
 

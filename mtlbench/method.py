@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from mtlbench.errors import OptionError, UnknownNameError
 from mtlbench.registry import METHODS
 
 __all__ = ['MethodConfig', 'Method', 'MethodModule', 'AdapterLayer', 'build_method', 'apply_trainable',
@@ -163,12 +164,16 @@ def build_method(cfg: Any, tasks: Sequence[str]) -> Method:
     name = cfg.pop('type')
     cls = METHODS.get(name)
     if cls is None:
-        raise KeyError(f'unknown method {name!r}; registered: {sorted(METHODS.module_dict)}')
+        raise UnknownNameError(f'unknown method {name!r}; registered: {sorted(METHODS.module_dict)}')
     known = {f.name for f in dataclasses.fields(cls.config_cls)}
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise KeyError(f'method {name!r} has no option(s) {unknown}; valid: {sorted(known)}')
-    method = cls(cls.config_cls(**cfg), tasks)
+        raise UnknownNameError(f'method {name!r} has no option(s) {unknown}; valid: {sorted(known)}')
+    try:
+        config = cls.config_cls(**cfg)
+    except (ValueError, TypeError) as err:  # the config's own checks: a bad option value is the user's
+        raise OptionError(f'model.method ({name}): {err}') from err
+    method = cls(config, tasks)
     method._registry_name = name
     return method
 

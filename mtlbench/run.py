@@ -32,6 +32,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import MMLogger, print_log
 
 from mtlbench.config import as_plain, find_config, inner_dataset, load_config, resolve
+from mtlbench.errors import InputNotFoundError, OptionError, UserError
 from mtlbench.protocol import departures, protocol_label, register_departure
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
@@ -85,11 +86,11 @@ class RunOptions:
         for name in ('epochs', 'iters', 'batch_size', 'synthetic_samples', 'max_samples'):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f'--{name.replace("_", "-")} must be at least 1, got {value}')
+                raise OptionError(f'--{name.replace("_", "-")} must be at least 1, got {value}')
         if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f'--num-workers must be 0 or more, got {self.num_workers}')
+            raise OptionError(f'--num-workers must be 0 or more, got {self.num_workers}')
         if self.img_size is not None and (len(self.img_size) != 2 or min(self.img_size) < 1):
-            raise ValueError(f'--img-size needs two positive sizes (H W), got {list(self.img_size)}')
+            raise OptionError(f'--img-size needs two positive sizes (H W), got {list(self.img_size)}')
 
 
 @HOOKS.register_module()
@@ -162,7 +163,7 @@ def prepare_config(opts: RunOptions) -> Config:
     path = opts.config or str(find_config(opts.method, opts.dataset))
     cfg = load_config(path, opts.cfg_options)
     if cfg.model.method.get('type') != opts.method and opts.config is None:
-        raise ValueError(f'config {path} is for method {cfg.model.method.get("type")!r}, not {opts.method!r}')
+        raise OptionError(f'config {path} is for method {cfg.model.method.get("type")!r}, not {opts.method!r}')
     if opts.tasks:
         cfg.model.tasks = list(opts.tasks)
     if opts.img_size is not None:
@@ -171,7 +172,7 @@ def prepare_config(opts: RunOptions) -> Config:
     if opts.data_root:
         data_root = opts.data_root
         if not osp.isdir(data_root):
-            raise FileNotFoundError(f'--data-root {data_root} does not exist')
+            raise InputNotFoundError(f'--data-root {data_root} does not exist')
     elif _dataset_root_exists(cfg):
         data_root = cfg.train_dataloader.dataset.data_root
     else:
@@ -220,11 +221,11 @@ def prepare_config(opts: RunOptions) -> Config:
     if opts.epochs is not None and not synthetic:
         _set_schedule(cfg, opts.epochs)
     if opts.iters is not None:
-        raise NotImplementedError('--iters: use --epochs (the reference schedule is epoch based)')
+        raise OptionError('--iters: use --epochs (the reference schedule is epoch based)')
     # model --------------------------------------------------------------
     if opts.pretrained:
         if not osp.isfile(opts.pretrained):
-            raise FileNotFoundError(f'--pretrained {opts.pretrained} does not exist')
+            raise InputNotFoundError(f'--pretrained {opts.pretrained} does not exist')
         cfg.model.backbone.pretrained = opts.pretrained
     resolve(cfg)
     # engine -------------------------------------------------------------
@@ -291,7 +292,7 @@ def _resume_filter(cfg: Config):
     return accept
 
 
-class OutputDirError(ValueError):
+class OutputDirError(UserError, ValueError):
     """A directory the run will write to cannot take its output (checked before training)."""
 
 
@@ -328,7 +329,7 @@ def _init_cpu_distributed(launcher: str) -> None:
 def run(opts: RunOptions) -> List[Path]:
     """Train, evaluate and record. Returns the paths of the run records written (rank 0)."""
     if opts.merged and not opts.eval_only:
-        raise ValueError('--merged folds adapters for evaluation only; use it with --eval-only CHECKPOINT')
+        raise OptionError('--merged folds adapters for evaluation only; use it with --eval-only CHECKPOINT')
     _init_cpu_distributed(opts.launcher)
     cfg = prepare_config(opts)
     from mtlbench.registry import METHODS
@@ -361,7 +362,7 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
             print_log(f'--resume auto: no checkpoint of this model in {cfg.work_dir}; starting afresh',
                       logger='current')
         else:
-            raise FileNotFoundError(f'--resume: no loadable checkpoint of this model in {cfg.work_dir}')
+            raise InputNotFoundError(f'--resume: no loadable checkpoint of this model in {cfg.work_dir}')
     if is_main_process():
         check_output_dir(cfg.work_dir, 'work dir')
     if opts.eval_only:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 
 from tabulate import tabulate
 
+from mtlbench.errors import OptionError
 from mtlbench.reporting.records import load_records
 
 __all__ = ['SweepJob', 'SweepOutcome', 'plan_sweep', 'find_existing', 'pending_jobs',
@@ -90,10 +91,10 @@ def _parse_spec(spec: MethodSpec) -> Tuple[str, Optional[str], Tuple[str, ...]]:
         return spec, None, ()
     if isinstance(spec, Mapping):
         if 'method' not in spec:
-            raise ValueError(f'method spec {spec!r} has no "method"')
+            raise OptionError(f'method spec {spec!r} has no "method"')
         bad = set(spec) - {'method', 'variant', 'args'}
         if bad:
-            raise ValueError(f'method spec {spec!r}: unknown key(s) {sorted(bad)}')
+            raise OptionError(f'method spec {spec!r}: unknown key(s) {sorted(bad)}')
         args = spec.get('args', ())
         if isinstance(args, str):
             args = shlex.split(args)
@@ -127,7 +128,7 @@ def plan_sweep(methods: Sequence[MethodSpec], seeds: Iterable[int], dataset: str
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
-        raise ValueError('no seeds given')
+        raise OptionError('no seeds given')
     extra = tuple(str(a) for a in extra_args)
     jobs: List[SweepJob] = []
     seen = set()
@@ -292,9 +293,9 @@ def emit_slurm(jobs: Sequence[SweepJob], path: Path | str, gpus_per_job: int = 1
         Path: the script.
     """
     if not jobs:
-        raise ValueError('no jobs to write')
+        raise OptionError('no jobs to write')
     if gpus_per_job < 1:
-        raise ValueError(f'gpus_per_job must be >= 1, got {gpus_per_job}')
+        raise OptionError(f'--gpus-per-job/gpus_per_job must be >= 1, got {gpus_per_job}')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = f'0-{len(jobs) - 1}' + (f'%{int(max_parallel)}' if max_parallel else '')
