@@ -38,6 +38,7 @@ from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
 from mtlbench.precision import resolve_precision
 from mtlbench.registry import HOOKS
+from mtlbench.visualization import configure_visualizer
 
 import mtlbench.lr_schedule  # noqa: F401  (ReferenceCosineLR)
 import mtlbench.optim  # noqa: F401  (optimizer groups and their departure, for protocol labels)
@@ -80,6 +81,7 @@ class RunOptions:
     eval_before_train: bool = False
     merged: bool = False
     compile: bool = False
+    vis_backends: Optional[Sequence[str]] = None  # None: local, plus tensorboard when installed
 
     def __post_init__(self) -> None:
         # None means "not given"; any given count must be usable (``--epochs 0`` must not mean 300).
@@ -235,6 +237,8 @@ def prepare_config(opts: RunOptions) -> Config:
                                                               dict(type='MetricsCaptureHook', eval_before_train=opts.eval_before_train)]
     resolve_precision(cfg, opts.amp, cuda=torch.cuda.is_available())
     cfg.launcher = opts.launcher
+    configure_visualizer(cfg, opts.vis_backends,
+                         overridden=any(k.startswith('visualizer.vis_backends') for k in opts.cfg_options))
     if opts.launcher != 'none' and not torch.cuda.is_available():
         cfg.env_cfg.dist_cfg = dict(backend='gloo')
         cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
