@@ -258,7 +258,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ''
         default = action.default
-        if ('%(default)' not in text and action.option_strings and default not in (None, False, argparse.SUPPRESS)
+        unset = default is None or default is False or default is argparse.SUPPRESS  # (0 is a default to show)
+        if ('%(default)' not in text and action.option_strings and not unset
                 and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
             text += ' (default: %(default)s)'
         return text
