@@ -230,6 +230,9 @@ def prepare_config(opts: RunOptions) -> Config:
             raise InputNotFoundError(f'--pretrained {opts.pretrained} does not exist')
         cfg.model.backbone.pretrained = opts.pretrained
     resolve(cfg)
+    if opts.pretrained:  # a checkpoint of a whole model (ours) is refused naming both models
+        from mtlbench.interop.checkpoints import check_pretrained_declaration
+        check_pretrained_declaration(opts.pretrained, cfg.model)
     # engine -------------------------------------------------------------
     cfg.train_cfg.type = 'ResumableEpochBasedTrainLoop'
     cfg.randomness = dict(seed=opts.seed, deterministic=opts.deterministic)

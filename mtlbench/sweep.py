@@ -16,7 +16,7 @@ otherwise unknown (``None``), which matches records of either kind; pass ``synth
 
 Example:
     >>> jobs = plan_sweep(['mtlora', {'method': 'mtlora', 'variant': 'r=32',
-    ...                               'args': ['--cfg-options', 'method.rank=32']}],
+    ...                               'args': ['--cfg-options', 'model.method.r=32']}],
     ...                   seeds=[0, 1, 2], dataset='pascal_context')
     >>> run_sweep(jobs, 'results/runs', dry_run=True)
 """
