@@ -8,7 +8,6 @@ that a command's result on stdout stays parseable.
 """
 from __future__ import annotations
 
-import datetime
 import sys
 import time
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
@@ -19,8 +18,10 @@ T = TypeVar('T')
 
 
 def format_duration(seconds: float) -> str:
-    """``0:01:05`` (hours may exceed 24: ``27:00:00``)."""
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+    """``0:01:05``; hours go past 24 (``27:00:00``), as a GPU-hours estimate reads best."""
+    total = int(max(seconds, 0))
+    return f'{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d}'
+
 
 
 class Progress:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -32,6 +33,7 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 from tabulate import tabulate
 
 from mtlbench.errors import OptionError
+from mtlbench.progress import format_duration
 from mtlbench.reporting.records import load_records
 
 __all__ = ['SweepJob', 'SweepOutcome', 'plan_sweep', 'find_existing', 'pending_jobs',
@@ -213,6 +215,7 @@ def run_sweep(jobs: Sequence[SweepJob], runs_dir: Path | str, dry_run: bool = Fa
                         disable_numparse=True))
         return outcomes
 
+    durations: List[float] = []  # of the jobs run here: the ETA of the rest
     for k, job in enumerate(jobs):
         records, _ = load_records(runs_dir, kind='run')
         found = find_existing(job, records)
@@ -225,7 +228,13 @@ def run_sweep(jobs: Sequence[SweepJob], runs_dir: Path | str, dry_run: bool = Fa
             continue
         cmd = job.command()
         echo(f'[{k + 1}/{len(jobs)}] {job.name}: {shlex.join(cmd)}')
+        started = time.monotonic()
         rc = int(runner(cmd))
+        durations.append(time.monotonic() - started)
+        left = len(jobs) - k - 1
+        echo(f'[{k + 1}/{len(jobs)}] {job.name}: exit code {rc} after {format_duration(durations[-1])}' +
+             (f'; eta {format_duration(sum(durations) / len(durations) * left)} for {left} job(s) left '
+              '(those with a record are skipped)' if left else ''))
         if rc != 0:
             echo(f'[{k + 1}/{len(jobs)}] {job.name}: FAILED (exit code {rc})')
             outcomes.append(SweepOutcome(job, 'failed', returncode=rc))
