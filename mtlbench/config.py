@@ -5,7 +5,10 @@ Configs are mmengine Python configs under ``configs/`` (shipped inside the packa
 ``configs/<method>/<method>_swin-t_<dataset>.py`` (underscores in names become dashes);
 ``--config PATH`` picks any other. Resolution fills what a leaf leaves to its bases (the
 model's ``dataset`` and ``tasks`` from the dataset base) and validates ``--cfg-options`` keys,
-so a typo fails loudly instead of silently adding an unused key.
+so a typo fails loudly instead of silently adding an unused key. mmengine's runtime settings
+(:data:`RUNTIME_KEYS`: ``visualizer``, ``default_hooks``, ``env_cfg``, ``log_processor``, ...)
+need not be spelled out in a config; an override below them is checked against the class it
+configures (a hook's, the visualizer's or the log processor's arguments) or mmengine's known keys.
 """
 from __future__ import annotations
 
