@@ -382,7 +382,7 @@ def write_synthetic_dataset(dataset: str, out: str, n: int, seed: int = 0,
     """
     _check_dataset(dataset)
     if n < 2:
-        raise OptionError(f'--n/n must be >= 2 (train and val both non-empty), got {n}')
+        raise OptionError(f'n must be >= 2 (train and val both non-empty), got {n}')
     layout = _LAYOUT[dataset]
     root = Path(out)
     for d in layout['dirs']:

@@ -232,11 +232,12 @@ def run_sweep(jobs: Sequence[SweepJob], runs_dir: Path | str, dry_run: bool = Fa
         rc = int(runner(cmd))
         durations.append(time.monotonic() - started)
         left = len(jobs) - k - 1
-        echo(f'[{k + 1}/{len(jobs)}] {job.name}: exit code {rc} after {format_duration(durations[-1])}' +
-             (f'; eta {format_duration(sum(durations) / len(durations) * left)} for {left} job(s) left '
-              '(those with a record are skipped)' if left else ''))
+        timing = (f'[{k + 1}/{len(jobs)}] {job.name}: took {format_duration(durations[-1])}' +
+                  (f'; eta {format_duration(sum(durations) / len(durations) * left)} for {left} job(s) left '
+                   '(those with a record are skipped)' if left else ''))
         if rc != 0:
             echo(f'[{k + 1}/{len(jobs)}] {job.name}: FAILED (exit code {rc})')
+            echo(timing)
             outcomes.append(SweepOutcome(job, 'failed', returncode=rc))
             if stop_on_error:
                 break
@@ -249,6 +250,7 @@ def run_sweep(jobs: Sequence[SweepJob], runs_dir: Path | str, dry_run: bool = Fa
                  f'in {runs_dir} (does the run write its record there?)')
         outcomes.append(SweepOutcome(job, status, returncode=rc,
                                      records=[str(r.get('_path', r['run_id'])) for r in found]))
+        echo(timing)
     failed = [o for o in outcomes if o.status == 'failed']
     echo(f'Sweep done: {sum(o.status.startswith("ok") for o in outcomes)} run, '
          f'{sum(o.status == "exists" for o in outcomes)} skipped (record exists), '
@@ -304,7 +306,7 @@ def emit_slurm(jobs: Sequence[SweepJob], path: Path | str, gpus_per_job: int = 1
     if not jobs:
         raise OptionError('no jobs to write')
     if gpus_per_job < 1:
-        raise OptionError(f'--gpus-per-job/gpus_per_job must be >= 1, got {gpus_per_job}')
+        raise OptionError(f'--gpus-per-job must be >= 1, got {gpus_per_job}')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = f'0-{len(jobs) - 1}' + (f'%{int(max_parallel)}' if max_parallel else '')

@@ -29,3 +29,16 @@ def test_data_synth_reports_progress_on_stderr(tmp_path, capsys):
     assert 'synth nyudv2: 1/3 (33%)' in captured.err and 'eta' in captured.err
     assert 'synth nyudv2: 3/3 (100%)' in captured.err
     assert 'synthetic nyudv2 dataset written' in captured.out and 'synth nyudv2' not in captured.out
+
+
+def test_sweep_shows_the_eta_of_the_jobs_left(tmp_path, monkeypatch):
+    import mtlbench.sweep as sweep
+    ticks = iter([0.0, 60.0, 60.0, 180.0, 180.0, 240.0])  # jobs of 60 s, 120 s, 60 s
+    monkeypatch.setattr(sweep.time, 'monotonic', lambda: next(ticks))
+    jobs = sweep.plan_sweep(['a', 'b', 'c'], [0], 'pascal_context')
+    lines = []
+    sweep.run_sweep(jobs, tmp_path, runner=lambda cmd: 1, echo=lines.append)
+    timing = [line for line in lines if ': took ' in line]
+    assert timing[0].endswith('took 0:01:00; eta 0:02:00 for 2 job(s) left (those with a record are skipped)')
+    assert timing[1].endswith('took 0:02:00; eta 0:01:30 for 1 job(s) left (those with a record are skipped)')
+    assert timing[2].endswith('took 0:01:00')
