@@ -22,6 +22,7 @@ import scipy.io
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mtlbench.errors import OptionError
 from mtlbench.tasks import IGNORE_INDEX, check_tasks
 
 from .errors import DatasetError, DatasetNotFoundError
@@ -242,9 +243,9 @@ class MultiTaskDataset(Dataset):
         self.normals_resample = normals_resample
         self.tasks: Tuple[str, ...] = check_tasks(name, tasks)
         if split not in ('train', 'val'):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+            raise OptionError(f"split must be 'train' or 'val', got {split!r}")
         if max_samples is not None and max_samples < 1:
-            raise ValueError(f'max_samples must be >= 1 or None, got {max_samples}')
+            raise OptionError(f'max_samples must be >= 1 or None, got {max_samples}')
         self.split = split
         self.img_size = (int(img_size[0]), int(img_size[1]))
         self.eval_at_original_resolution = eval_at_original_resolution

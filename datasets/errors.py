@@ -7,10 +7,12 @@ missing-file one also ``FileNotFoundError``, so generic handlers keep working.
 """
 from __future__ import annotations
 
+from mtlbench.errors import UserError
+
 __all__ = ['DatasetError', 'DatasetNotFoundError']
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file exists but its content is not what the layout promises.
 
     Examples: an image that does not decode, a label map whose size differs from its image,

@@ -35,7 +35,11 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from mtlbench.errors import OptionError
+from mtlbench.progress import Progress
+
 from .pascal_context import PART_CLASSES, PERSON_CLASS_INDEX, VOC_CLASSES, context_classes
+
 
 __all__ = ['write_synthetic_dataset', 'ensure_synthetic_dataset', 'default_synthetic_root',
            'SYNTH_VERSION']
@@ -356,11 +360,11 @@ _LAYOUT = {
 
 def _check_dataset(dataset: str) -> None:
     if dataset not in _DATASETS:
-        raise ValueError(f'unknown dataset {dataset!r}; valid: {list(_DATASETS)}')
+        raise OptionError(f'unknown dataset {dataset!r}; valid: {list(_DATASETS)}')
 
 
 def write_synthetic_dataset(dataset: str, out: str, n: int, seed: int = 0,
-                            size: Optional[Tuple[int, int]] = None) -> dict:
+                            size: Optional[Tuple[int, int]] = None, progress: bool = False) -> dict:
     """Write a small synthetic dataset in the release's exact layout.
 
     Args:
@@ -370,6 +374,7 @@ def write_synthetic_dataset(dataset: str, out: str, n: int, seed: int = 0,
         seed: seed of everything drawn.
         size: image ``(H, W)``. Defaults to ~96x128 varying a little (PASCAL) or 96x128 (NYUD;
             the real one is 480x640).
+        progress: report ``done/n`` with an ETA on stderr (``mtlbench data synth``).
 
     Returns:
         ``dict(dataset=str, root=str, n=int, seed=int, size=tuple | None,
@@ -377,14 +382,17 @@ def write_synthetic_dataset(dataset: str, out: str, n: int, seed: int = 0,
     """
     _check_dataset(dataset)
     if n < 2:
-        raise ValueError(f'n must be >= 2 (train and val both non-empty), got {n}')
+        raise OptionError(f'n must be >= 2 (train and val both non-empty), got {n}')
     layout = _LAYOUT[dataset]
     root = Path(out)
     for d in layout['dirs']:
         (root / d).mkdir(parents=True, exist_ok=True)
     ids = [layout['make_id'](i) for i in range(n)]
+    bar = Progress(n, f'synth {dataset}') if progress else None
     for i, image_id in enumerate(ids):
         layout['writer'](root, image_id, i, np.random.default_rng([seed, i]), size)
+        if bar is not None:
+            bar.update()
     splits = _split_ids(ids)
     _write_splits(root / layout['split_dir'], splits)
     return dict(dataset=dataset, root=str(root), n=n, seed=seed,
@@ -445,7 +453,7 @@ def ensure_synthetic_dataset(dataset: str, n: int = 16, root: Optional[str] = No
             except ValueError:
                 pass
         elif any(target.iterdir()):
-            raise ValueError(f'refusing to overwrite {target}: it is not empty and has no '
+            raise OptionError(f'refusing to overwrite {target}: it is not empty and has no '
                              f'{_MANIFEST} (not a synthetic copy written by mtlbench)')
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}-tmp-', dir=target.parent))

@@ -70,6 +70,7 @@ import numpy as np
 import torch
 from mmengine.registry import DefaultScope
 
+from mtlbench.errors import OptionError
 from mtlbench.protocol import register_departure
 from mtlbench.registry import TRANSFORMS
 from mtlbench.tasks import IGNORE_INDEX, TASKS
@@ -105,7 +106,7 @@ def check_data_protocol(label_pad: int = 0, image_cast: str = 'wrap',
                                  ('image_cast', image_cast, IMAGE_CASTS),
                                  ('normals_resample', normals_resample, NORMALS_RESAMPLES)):
         if value not in allowed:
-            raise ValueError(f'{name} must be one of {allowed} (the first is the reference '
+            raise OptionError(f'{name} must be one of {allowed} (the first is the reference '
                              f'pipeline\'s), got {value!r}')
 
 

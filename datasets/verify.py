@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mtlbench.errors import OptionError
 from mtlbench.tasks import IGNORE_INDEX, check_tasks
 
 from .base import MultiTaskDataset
@@ -109,7 +110,7 @@ def verify_dataset(dataset: str,
         The report; ``report.ok`` is False when anything would break training or evaluation.
     """
     if dataset not in _CLASSES:
-        raise ValueError(f'unknown dataset {dataset!r}; valid: {sorted(_CLASSES)}')
+        raise OptionError(f'unknown dataset {dataset!r}; valid: {sorted(_CLASSES)}')
     tasks = check_tasks(dataset, tasks)
     cls = _CLASSES[dataset]
     report = VerifyReport(dataset=dataset, root=str(root), tasks=tasks)

@@ -21,6 +21,7 @@ from mmengine.logging import MMLogger
 
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
+from mtlbench.progress import format_duration
 
 __all__ = ['BenchOptions', 'bench', 'bench_loader', 'measure', 'synthetic_batch']
 
@@ -80,7 +81,8 @@ def measure(fn, iters: int, warmup: int, device: torch.device, label: str = '') 
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-        logger.info(f'bench {label}: iteration {i + 1}/{iters} {times[-1] * 1000:.1f} ms')
+        eta = format_duration(statistics.mean(times) * (iters - i - 1))
+        logger.info(f'bench {label}: iteration {i + 1}/{iters} {times[-1] * 1000:.1f} ms, eta {eta}')
     return dict(median=statistics.median(times), min=min(times), max=max(times), n=len(times))
 
 
@@ -219,6 +221,8 @@ def bench_loader(dataset: str = 'pascal_context', data_root: Optional[str] = Non
         samples += batch['inputs'].shape[0]
         n += 1
         if n % 5 == 0:
-            logger.info(f'loader bench: {n}/{batches} batches, {samples / (time.perf_counter() - t0):.1f} img/s')
+            elapsed = time.perf_counter() - t0
+            logger.info(f'loader bench: {n}/{batches} batches, {samples / elapsed:.1f} img/s, '
+                        f'eta {format_duration(elapsed / n * (batches - n))}')
     seconds = time.perf_counter() - t0
     return dict(img_s=samples / seconds, seconds=seconds, samples=samples, num_workers=num_workers)

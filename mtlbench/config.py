@@ -5,7 +5,10 @@ Configs are mmengine Python configs under ``configs/`` (shipped inside the packa
 ``configs/<method>/<method>_swin-t_<dataset>.py`` (underscores in names become dashes);
 ``--config PATH`` picks any other. Resolution fills what a leaf leaves to its bases (the
 model's ``dataset`` and ``tasks`` from the dataset base) and validates ``--cfg-options`` keys,
-so a typo fails loudly instead of silently adding an unused key.
+so a typo fails loudly instead of silently adding an unused key. mmengine's runtime settings
+(:data:`RUNTIME_KEYS`: ``visualizer``, ``default_hooks``, ``env_cfg``, ``log_processor``, ...)
+need not be spelled out in a config; an override below them is checked against the class it
+configures (a hook's, the visualizer's or the log processor's arguments) or mmengine's known keys.
 """
 from __future__ import annotations
 
@@ -15,10 +18,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 
+from mtlbench.errors import UserError
+
 __all__ = ['config_root', 'find_config', 'list_configs', 'load_config', 'check_overrides', 'ConfigError']
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be found or an override of a key that does not exist."""
 
 
@@ -72,9 +77,25 @@ def _flatten_keys(d: Any, prefix: str = '') -> List[str]:
     return keys
 
 
+#: Top-level keys of mmengine's Runner (its runtime settings). A config need not spell out their
+#: sub-keys (mmengine has defaults), so an override below them is checked against what it
+#: configures: the hook / visualizer / log-processor class's arguments, or mmengine's known keys.
+RUNTIME_KEYS = ('default_hooks', 'custom_hooks', 'visualizer', 'env_cfg', 'log_processor', 'log_level',
+                'randomness', 'load_from', 'resume', 'launcher', 'default_scope', 'experiment_name')
+#: Sub-keys mmengine reads (Runner.setup_env / set_randomness); ``None``: anything below is passed on.
+_KNOWN_SUBKEYS: Dict[str, Any] = {
+    'env_cfg': {'cudnn_benchmark': None, 'mp_cfg': {'mp_start_method', 'opencv_num_threads'},
+                'dist_cfg': None, 'resource_limit': None},
+    'randomness': {'seed': None, 'deterministic': None, 'diff_rank_seed': None},
+}
+
+
 def check_overrides(cfg: Config, overrides: Dict[str, Any]) -> None:
     """Refuse overrides of keys that do not exist (except inside ``model.method`` and
     ``model.backbone``, whose keys are validated by the method config / backbone signature).
+    Keys under mmengine's runtime settings (:data:`RUNTIME_KEYS`) are checked against the
+    arguments of the class they configure instead (``default_hooks.checkpoint.interval`` against
+    ``CheckpointHook``, ``visualizer.*`` against ``Visualizer``).
 
     Raises:
         ConfigError: naming the unknown key and close existing keys.
@@ -91,9 +112,85 @@ def check_overrides(cfg: Config, overrides: Dict[str, Any]) -> None:
                               (f'; did you mean {close}?' if close else f'; options: {sorted(decoder_keys)}'))
         if key in existing or key.startswith(open_prefixes) or key.startswith('model.decoder.'):
             continue
+        if key.split('.')[0] in RUNTIME_KEYS:
+            problem = _runtime_key_problem(cfg, key, overrides)
+            if problem is None:
+                continue
+            raise ConfigError(f'--cfg-options: {problem}')
         close = difflib.get_close_matches(key, sorted(existing), n=3)
         raise ConfigError(f'--cfg-options: the config has no key {key!r}' +
                           (f'; did you mean {close}?' if close else ''))
+
+
+def _runtime_key_problem(cfg: Config, key: str, overrides: Dict[str, Any]) -> Optional[str]:
+    """Why ``key`` (under one of :data:`RUNTIME_KEYS`) configures nothing, or None if it does."""
+    import difflib
+
+    parts = key.split('.')
+    top = parts[0]
+    if len(parts) == 1 or top == 'custom_hooks':
+        return None  # the whole setting (built and checked by mmengine)
+
+    def unknown(name: str, what: str, valid) -> str:
+        close = difflib.get_close_matches(name, sorted(valid), n=3)
+        return (f'{what} has no option {name!r} ({key})' +
+                (f'; did you mean {close}?' if close else f'; options: {sorted(valid)}'))
+
+    if top in _KNOWN_SUBKEYS:
+        known = _KNOWN_SUBKEYS[top]
+        if parts[1] not in known:
+            return unknown(parts[1], top, known)
+        below = known[parts[1]]
+        if below is not None and len(parts) > 2 and parts[2] not in below:
+            return unknown(parts[2], f'{top}.{parts[1]}', below)
+        return None
+    if top in ('visualizer', 'log_processor'):
+        default_type = 'Visualizer' if top == 'visualizer' else 'LogProcessor'
+        kind = overrides.get(f'{top}.type') or (cfg.get(top) or {}).get('type') or default_type
+        args = _class_arguments(kind, 'visualizer' if top == 'visualizer' else 'log_processor')
+        if args is None:
+            return f'{top}.type {kind!r} is not a registered class ({key})'
+        if parts[1] not in args | {'type'}:
+            return unknown(parts[1], f'{top} ({kind})', args | {'type'})
+        return None
+    if top == 'default_hooks':
+        if len(parts) == 2:
+            return None  # a whole hook: dict(type=...) or None (disabled)
+        hook = parts[1]
+        given = overrides.get(f'default_hooks.{hook}')
+        kind = overrides.get(f'default_hooks.{hook}.type') or (given.get('type') if isinstance(given, dict) else None) \
+            or ((cfg.get('default_hooks') or {}).get(hook) or {}).get('type')
+        if kind is None:
+            return (f'default_hooks has no hook {hook!r} ({key}); add one with default_hooks.{hook}.type=<Hook class>; '
+                    f'hooks: {sorted((cfg.get("default_hooks") or {}).keys())}')
+        args = _class_arguments(kind, 'hook')
+        if args is None:
+            return f'default_hooks.{hook}.type {kind!r} is not a registered hook ({key})'
+        if parts[2] not in args | {'type'}:
+            return unknown(parts[2], f'default_hooks.{hook} ({kind})', args | {'type'})
+        return None
+    return f'{top} takes one value, not sub-keys ({key})'
+
+
+def _class_arguments(kind: Any, registry: str) -> Any:
+    """Named keyword arguments of the registered class ``kind`` (a set), or None if no such class
+    is registered. A ``**kwargs`` catch-all is not counted (mmengine's ``CheckpointHook`` has
+    one): a misspelt argument would vanish into it; set the whole entry
+    (``default_hooks.checkpoint=dict(type=..., ...)``) to pass such extras."""
+    import inspect
+
+    import mmengine.hooks  # noqa: F401  (registers mmengine's classes)
+    import mmengine.runner  # noqa: F401
+    import mmengine.visualization  # noqa: F401
+
+    import mtlbench.engine  # noqa: F401  (mtlbench's hooks)
+    from mtlbench import registry as reg
+    table = {'hook': reg.HOOKS, 'visualizer': reg.VISUALIZERS, 'log_processor': reg.LOG_PROCESSORS}[registry]
+    cls = kind if inspect.isclass(kind) else table.get(kind)
+    if cls is None:
+        return None
+    params = inspect.signature(cls.__init__).parameters
+    return {n for n, p in params.items() if n != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
 def _decoder_options() -> set:

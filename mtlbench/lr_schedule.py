@@ -27,6 +27,7 @@ from typing import List, Optional
 from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
 from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 
+from mtlbench.errors import OptionError
 from mtlbench.registry import PARAM_SCHEDULERS
 
 __all__ = ['ReferenceCosineLR', 'reference_lr']
@@ -71,7 +72,7 @@ class ReferenceCosineLR(LRSchedulerMixin, _ParamScheduler):
         if by_epoch:
             raise ValueError('ReferenceCosineLR steps per iteration: use convert_to_iter_based=True in configs')
         if not 0 <= warmup_iters < total_iters:
-            raise ValueError(f'need 0 <= warmup_iters < total_iters, got {warmup_iters}, {total_iters}')
+            raise OptionError(f'ReferenceCosineLR: need 0 <= warmup_iters < total_iters, got {warmup_iters}, {total_iters}')
         self.warmup_iters, self.total_iters = int(warmup_iters), int(total_iters)
         self.warmup_ratio, self.min_ratio = float(warmup_ratio), float(min_ratio)
         super().__init__(optimizer, begin=begin, end=begin + self.total_iters if end is None else end,

@@ -23,9 +23,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from mtlbench.errors import OptionError, UnknownNameError
 from mtlbench.registry import METHODS
 
-__all__ = ['MethodConfig', 'Method', 'MethodModule', 'AdapterLayer', 'build_method', 'apply_trainable',
+__all__ = ['MethodConfig', 'Method', 'MethodModule', 'AdapterLayer', 'build_method', 'method_options', 'apply_trainable',
            'param_breakdown', 'method_modules', 'merge_adapters']
 
 
@@ -169,14 +170,41 @@ def build_method(cfg: Any, tasks: Sequence[str]) -> Method:
     name = cfg.pop('type')
     cls = METHODS.get(name)
     if cls is None:
-        raise KeyError(f'unknown method {name!r}; registered: {sorted(METHODS.module_dict)}')
+        raise UnknownNameError(f'unknown method {name!r}; registered: {sorted(METHODS.module_dict)}')
     known = {f.name for f in dataclasses.fields(cls.config_cls)}
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise KeyError(f'method {name!r} has no option(s) {unknown}; valid: {sorted(known)}')
-    method = cls(cls.config_cls(**cfg), tasks)
+        raise UnknownNameError(f'method {name!r} has no option(s) {unknown}; valid: {sorted(known)}')
+    try:
+        config = cls.config_cls(**cfg)
+    except (ValueError, TypeError) as err:  # the config's own checks: a bad option value is the user's
+        raise OptionError(f'model.method ({name}): {err}') from err
+    method = cls(config, tasks)
     method._registry_name = name
     return method
+
+
+def method_options(name: str) -> List[Dict[str, Any]]:
+    """The options of a registered method (its config dataclass), in declaration order:
+    ``dict(name, type, default, help)``, ``help`` from the field's ``metadata['help']``.
+
+    Raises:
+        UnknownNameError: ``name`` is not a registered method.
+    """
+    cls = METHODS.get(name)
+    if cls is None:
+        raise UnknownNameError(f'unknown method {name!r}; registered: {sorted(METHODS.module_dict)}')
+    out = []
+    for f in dataclasses.fields(cls.config_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, '__name__', str(f.type))
+        out.append(dict(name=f.name, type=kind, default=default, help=f.metadata.get('help', '')))
+    return out
 
 
 def method_modules(module: nn.Module) -> Iterator[Tuple[str, MethodModule]]:

@@ -13,6 +13,7 @@ from mmengine.model import BaseModel
 
 import mtlbench.transfer  # noqa: F401  (registers the configs' data_preprocessor)
 from mtlbench.heads.hrnet import MultiTaskDecoder
+from mtlbench.errors import OptionError, UserError
 from mtlbench.method import Method, apply_trainable, build_method, param_breakdown
 from mtlbench.registry import MODELS
 from mtlbench.tasks import TASKS, check_tasks, num_outputs
@@ -20,7 +21,7 @@ from mtlbench.tasks import TASKS, check_tasks, num_outputs
 __all__ = ['MultiTaskModel', 'NonFiniteLossError', 'compile_model']
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A task loss became NaN or inf: training stops before the bad step touches the weights."""
 
 
@@ -61,7 +62,7 @@ class MultiTaskModel(BaseModel):
         weights = {t: TASKS[t].loss_weight for t in self.tasks}
         unknown = sorted(set(loss_weights or {}) - set(self.tasks))
         if unknown:
-            raise ValueError(f'loss_weights for tasks not trained: {unknown}; tasks: {list(self.tasks)}')
+            raise OptionError(f'loss_weights for tasks not trained: {unknown}; tasks: {list(self.tasks)}')
         weights.update(loss_weights or {})
         self.loss_weights = weights
         self.losses = {t: build_loss(TASKS[t].loss) for t in self.tasks}

@@ -29,6 +29,7 @@ import torch
 from mmengine.optim import DefaultOptimWrapperConstructor
 from torch import nn
 
+from mtlbench.errors import OptionError
 from mtlbench.protocol import register_departure
 from mtlbench.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
@@ -71,7 +72,7 @@ class ReferenceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         self.rel_pos_decay_mult = float(paramwise_cfg.pop('rel_pos_decay_mult', 1.0))
         unknown = set(paramwise_cfg) - {'custom_keys'}
         if unknown:
-            raise ValueError(f'ReferenceOptimWrapperConstructor: unsupported paramwise_cfg keys {sorted(unknown)} '
+            raise OptionError(f'ReferenceOptimWrapperConstructor: unsupported paramwise_cfg keys {sorted(unknown)} '
                              '(the reference rule replaces mmengine\'s bias/norm/flat multipliers)')
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         # an empty paramwise_cfg would make mmengine skip add_params: always group

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from mtlbench.errors import OptionError
 from mtlbench.protocol import register_departure
 
 __all__ = ['PRECISIONS', 'REFERENCE_PRECISION', 'resolve_precision', 'apply_tf32']
@@ -68,7 +69,7 @@ def resolve_precision(cfg: Any, amp: Optional[str], cuda: bool) -> str:
         if not cuda:
             precision = 'fp32'
     if precision not in PRECISIONS:
-        raise ValueError(f'precision {precision!r}: expected one of {PRECISIONS}')
+        raise OptionError(f'precision {precision!r}: expected one of {PRECISIONS}')
     cfg.precision = precision
     if precision in _AMP_DTYPES:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'

@@ -32,12 +32,14 @@ from mmengine.hooks import Hook
 from mmengine.logging import MMLogger, print_log
 
 from mtlbench.config import as_plain, find_config, inner_dataset, load_config, resolve
+from mtlbench.errors import InputNotFoundError, OptionError, UserError
 from mtlbench.protocol import departures, protocol_label, register_departure
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.engine.distributed import configure_distributed
 from mtlbench.model import compile_model
 from mtlbench.precision import apply_tf32, resolve_precision
 from mtlbench.registry import HOOKS
+from mtlbench.visualization import configure_visualizer
 
 import mtlbench.lr_schedule  # noqa: F401  (ReferenceCosineLR)
 import mtlbench.optim  # noqa: F401  (optimizer groups and their departure, for protocol labels)
@@ -80,17 +82,18 @@ class RunOptions:
     eval_before_train: bool = False
     merged: bool = False
     compile: bool = False
+    vis_backends: Optional[Sequence[str]] = None  # None: local, plus tensorboard when installed
 
     def __post_init__(self) -> None:
         # None means "not given"; any given count must be usable (``--epochs 0`` must not mean 300).
         for name in ('epochs', 'iters', 'batch_size', 'synthetic_samples', 'max_samples'):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f'--{name.replace("_", "-")} must be at least 1, got {value}')
+                raise OptionError(f'--{name.replace("_", "-")} must be at least 1, got {value}')
         if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f'--num-workers must be 0 or more, got {self.num_workers}')
+            raise OptionError(f'--num-workers must be 0 or more, got {self.num_workers}')
         if self.img_size is not None and (len(self.img_size) != 2 or min(self.img_size) < 1):
-            raise ValueError(f'--img-size needs two positive sizes (H W), got {list(self.img_size)}')
+            raise OptionError(f'--img-size needs two positive sizes (H W), got {list(self.img_size)}')
 
 
 @HOOKS.register_module()
@@ -163,7 +166,7 @@ def prepare_config(opts: RunOptions) -> Config:
     path = opts.config or str(find_config(opts.method, opts.dataset))
     cfg = load_config(path, opts.cfg_options)
     if cfg.model.method.get('type') != opts.method and opts.config is None:
-        raise ValueError(f'config {path} is for method {cfg.model.method.get("type")!r}, not {opts.method!r}')
+        raise OptionError(f'config {path} is for method {cfg.model.method.get("type")!r}, not {opts.method!r}')
     if opts.tasks:
         cfg.model.tasks = list(opts.tasks)
     if opts.img_size is not None:
@@ -172,7 +175,7 @@ def prepare_config(opts: RunOptions) -> Config:
     if opts.data_root:
         data_root = opts.data_root
         if not osp.isdir(data_root):
-            raise FileNotFoundError(f'--data-root {data_root} does not exist')
+            raise InputNotFoundError(f'--data-root {data_root} does not exist')
     elif _dataset_root_exists(cfg):
         data_root = cfg.train_dataloader.dataset.data_root
     else:
@@ -221,13 +224,16 @@ def prepare_config(opts: RunOptions) -> Config:
     if opts.epochs is not None and not synthetic:
         _set_schedule(cfg, opts.epochs)
     if opts.iters is not None:
-        raise NotImplementedError('--iters: use --epochs (the reference schedule is epoch based)')
+        raise OptionError('--iters: use --epochs (the reference schedule is epoch based)')
     # model --------------------------------------------------------------
     if opts.pretrained:
         if not osp.isfile(opts.pretrained):
-            raise FileNotFoundError(f'--pretrained {opts.pretrained} does not exist')
+            raise InputNotFoundError(f'--pretrained {opts.pretrained} does not exist')
         cfg.model.backbone.pretrained = opts.pretrained
     resolve(cfg)
+    if opts.pretrained:  # a checkpoint of a whole model (ours) is refused naming both models
+        from mtlbench.interop.checkpoints import check_pretrained_declaration
+        check_pretrained_declaration(opts.pretrained, cfg.model)
     # engine -------------------------------------------------------------
     cfg.train_cfg.type = 'ResumableEpochBasedTrainLoop'
     cfg.randomness = dict(seed=opts.seed, deterministic=opts.deterministic)
@@ -235,6 +241,8 @@ def prepare_config(opts: RunOptions) -> Config:
                                                               dict(type='MetricsCaptureHook', eval_before_train=opts.eval_before_train)]
     resolve_precision(cfg, opts.amp, cuda=torch.cuda.is_available())
     cfg.launcher = opts.launcher
+    configure_visualizer(cfg, opts.vis_backends,
+                         overridden=any(k.startswith('visualizer.vis_backends') for k in opts.cfg_options))
     if opts.launcher != 'none':
         configure_distributed(cfg, find_unused_parameters=_has_unused_parameters(cfg), cuda=torch.cuda.is_available())
     cfg.synthetic = synthetic
@@ -302,7 +310,7 @@ def _resume_filter(cfg: Config):
     return accept
 
 
-class OutputDirError(ValueError):
+class OutputDirError(UserError, ValueError):
     """A directory the run will write to cannot take its output (checked before training)."""
 
 
@@ -339,7 +347,7 @@ def _init_cpu_distributed(launcher: str) -> None:
 def run(opts: RunOptions) -> List[Path]:
     """Train, evaluate and record. Returns the paths of the run records written (rank 0)."""
     if opts.merged and not opts.eval_only:
-        raise ValueError('--merged folds adapters for evaluation only; use it with --eval-only CHECKPOINT')
+        raise OptionError('--merged folds adapters for evaluation only; use it with --eval-only CHECKPOINT')
     _init_cpu_distributed(opts.launcher)
     cfg = prepare_config(opts)
     from mtlbench.registry import METHODS
@@ -373,7 +381,7 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
             print_log(f'--resume auto: no checkpoint of this model in {cfg.work_dir}; starting afresh',
                       logger='current')
         else:
-            raise FileNotFoundError(f'--resume: no loadable checkpoint of this model in {cfg.work_dir}')
+            raise InputNotFoundError(f'--resume: no loadable checkpoint of this model in {cfg.work_dir}')
     if is_main_process():
         check_output_dir(cfg.work_dir, 'work dir')
     if opts.eval_only:

@@ -16,7 +16,7 @@ otherwise unknown (``None``), which matches records of either kind; pass ``synth
 
 Example:
     >>> jobs = plan_sweep(['mtlora', {'method': 'mtlora', 'variant': 'r=32',
-    ...                               'args': ['--cfg-options', 'method.rank=32']}],
+    ...                               'args': ['--cfg-options', 'model.method.r=32']}],
     ...                   seeds=[0, 1, 2], dataset='pascal_context')
     >>> run_sweep(jobs, 'results/runs', dry_run=True)
 """
@@ -25,12 +25,15 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tabulate import tabulate
 
+from mtlbench.errors import OptionError
+from mtlbench.progress import format_duration
 from mtlbench.reporting.records import load_records
 
 __all__ = ['SweepJob', 'SweepOutcome', 'plan_sweep', 'find_existing', 'pending_jobs',
@@ -90,10 +93,10 @@ def _parse_spec(spec: MethodSpec) -> Tuple[str, Optional[str], Tuple[str, ...]]:
         return spec, None, ()
     if isinstance(spec, Mapping):
         if 'method' not in spec:
-            raise ValueError(f'method spec {spec!r} has no "method"')
+            raise OptionError(f'method spec {spec!r} has no "method"')
         bad = set(spec) - {'method', 'variant', 'args'}
         if bad:
-            raise ValueError(f'method spec {spec!r}: unknown key(s) {sorted(bad)}')
+            raise OptionError(f'method spec {spec!r}: unknown key(s) {sorted(bad)}')
         args = spec.get('args', ())
         if isinstance(args, str):
             args = shlex.split(args)
@@ -127,7 +130,7 @@ def plan_sweep(methods: Sequence[MethodSpec], seeds: Iterable[int], dataset: str
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
-        raise ValueError('no seeds given')
+        raise OptionError('no seeds given')
     extra = tuple(str(a) for a in extra_args)
     jobs: List[SweepJob] = []
     seen = set()
@@ -212,6 +215,7 @@ def run_sweep(jobs: Sequence[SweepJob], runs_dir: Path | str, dry_run: bool = Fa
                         disable_numparse=True))
         return outcomes
 
+    durations: List[float] = []  # of the jobs run here: the ETA of the rest
     for k, job in enumerate(jobs):
         records, _ = load_records(runs_dir, kind='run')
         found = find_existing(job, records)
@@ -224,9 +228,16 @@ def run_sweep(jobs: Sequence[SweepJob], runs_dir: Path | str, dry_run: bool = Fa
             continue
         cmd = job.command()
         echo(f'[{k + 1}/{len(jobs)}] {job.name}: {shlex.join(cmd)}')
+        started = time.monotonic()
         rc = int(runner(cmd))
+        durations.append(time.monotonic() - started)
+        left = len(jobs) - k - 1
+        timing = (f'[{k + 1}/{len(jobs)}] {job.name}: took {format_duration(durations[-1])}' +
+                  (f'; eta {format_duration(sum(durations) / len(durations) * left)} for {left} job(s) left '
+                   '(those with a record are skipped)' if left else ''))
         if rc != 0:
             echo(f'[{k + 1}/{len(jobs)}] {job.name}: FAILED (exit code {rc})')
+            echo(timing)
             outcomes.append(SweepOutcome(job, 'failed', returncode=rc))
             if stop_on_error:
                 break
@@ -239,6 +250,7 @@ def run_sweep(jobs: Sequence[SweepJob], runs_dir: Path | str, dry_run: bool = Fa
                  f'in {runs_dir} (does the run write its record there?)')
         outcomes.append(SweepOutcome(job, status, returncode=rc,
                                      records=[str(r.get('_path', r['run_id'])) for r in found]))
+        echo(timing)
     failed = [o for o in outcomes if o.status == 'failed']
     echo(f'Sweep done: {sum(o.status.startswith("ok") for o in outcomes)} run, '
          f'{sum(o.status == "exists" for o in outcomes)} skipped (record exists), '
@@ -292,9 +304,9 @@ def emit_slurm(jobs: Sequence[SweepJob], path: Path | str, gpus_per_job: int = 1
         Path: the script.
     """
     if not jobs:
-        raise ValueError('no jobs to write')
+        raise OptionError('no jobs to write')
     if gpus_per_job < 1:
-        raise ValueError(f'gpus_per_job must be >= 1, got {gpus_per_job}')
+        raise OptionError(f'--gpus-per-job must be >= 1, got {gpus_per_job}')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = f'0-{len(jobs) - 1}' + (f'%{int(max_parallel)}' if max_parallel else '')

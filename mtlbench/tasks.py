@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
+from mtlbench.errors import OptionError
+
 __all__ = ['TaskSpec', 'TASKS', 'DATASET_TASKS', 'IGNORE_INDEX', 'num_outputs', 'check_tasks']
 
 IGNORE_INDEX = 255
@@ -72,14 +74,14 @@ def num_outputs(dataset: str, task: str) -> int:
 
 
 def check_tasks(dataset: str, tasks) -> Tuple[str, ...]:
-    """Validate a task list against a dataset; raises ``ValueError`` naming the valid ones."""
+    """Validate a task list against a dataset; raises ``OptionError`` (a ``ValueError``) naming the valid ones."""
     if dataset not in DATASET_TASKS:
-        raise ValueError(f'unknown dataset {dataset!r}; valid: {sorted(DATASET_TASKS)}')
+        raise OptionError(f'unknown dataset {dataset!r}; valid: {sorted(DATASET_TASKS)}')
     valid = DATASET_TASKS[dataset]
     tasks = tuple(tasks) if tasks else tuple(valid)
     bad = [t for t in tasks if t not in valid]
     if bad:
-        raise ValueError(f'task(s) {bad} not in dataset {dataset!r}; valid: {list(valid)}')
+        raise OptionError(f'task(s) {bad} not in dataset {dataset!r}; valid: {list(valid)}')
     if len(set(tasks)) != len(tasks):
-        raise ValueError(f'duplicate tasks in {list(tasks)}')
+        raise OptionError(f'duplicate tasks in {list(tasks)}')
     return tasks

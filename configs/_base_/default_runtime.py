@@ -17,6 +17,9 @@ default_hooks = dict(
 custom_hooks = []
 
 log_processor = dict(by_epoch=True, window_size=10)
+# Training curves: `mtlbench run` adds TensorBoard when it is installed (mtlbench/visualization.py);
+# --vis-backends local tensorboard wandb chooses.
+visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
 log_level = 'INFO'
 load_from = None
 resume = False

@@ -39,6 +39,7 @@ from mmengine.logging import print_log
 from timm.layers import Mlp, PatchEmbed, to_2tuple, trunc_normal_
 from torch import nn
 
+from mtlbench.errors import InputNotFoundError, OptionError, UserError
 from mtlbench.backbones.streams import StreamDropPath
 from mtlbench.registry import MODELS
 
@@ -257,7 +258,7 @@ class SwinBlock(nn.Module):
         if min(H, W) <= ws:
             ws, shift = min(H, W), False
         if H % ws or W % ws:
-            raise ValueError(f'token grid {H}x{W} is not divisible by the window size {ws}; '
+            raise OptionError(f'token grid {H}x{W} is not divisible by the window size {ws}; '
                              f'choose an image size whose stage grids are multiples of {ws}')
         self.window_size = (ws, ws)
         self.shift_size = (ws // 2, ws // 2) if shift else (0, 0)
@@ -391,7 +392,7 @@ class SwinBackbone(nn.Module):
                  pretrained: Optional[str] = None) -> None:
         super().__init__()
         if arch not in SWIN_ARCHS:
-            raise ValueError(f'unknown Swin arch {arch!r}; valid: {sorted(SWIN_ARCHS)}')
+            raise OptionError(f'unknown Swin arch {arch!r}; valid: {sorted(SWIN_ARCHS)}')
         spec = SWIN_ARCHS[arch]
         self.arch = arch
         self.img_size = to_2tuple(img_size)
@@ -508,7 +509,7 @@ def _features(module: nn.Module) -> Tuple[int, int]:
     return base.in_features, base.out_features
 
 
-class PretrainedLoadError(RuntimeError):
+class PretrainedLoadError(UserError, RuntimeError):
     """A pretrained checkpoint that cannot serve as this backbone's weights."""
 
 
@@ -532,7 +533,7 @@ def load_pretrained(backbone: SwinBackbone, path: str, max_missing_fraction: flo
     from timm.models.swin_transformer import checkpoint_filter_fn
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'pretrained checkpoint not found: {path}')
+        raise InputNotFoundError(f'pretrained checkpoint not found: {path}')
     try:
         if path.endswith('.safetensors'):
             from safetensors.torch import load_file

@@ -19,11 +19,13 @@ import torch
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from mtlbench.errors import UserError
+
 __all__ = ['ALLOWED_GLOBALS', 'safe_torch_load', 'register_safe_loader', 'CheckpointError',
            'find_resumable_checkpoint']
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that is not a checkpoint, is truncated, or holds disallowed objects."""
 
 

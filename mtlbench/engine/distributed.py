@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from mmengine.hooks import Hook
 
+from mtlbench.errors import OptionError
 from mtlbench.protocol import register_departure
 from mtlbench.registry import HOOKS
 
@@ -46,13 +47,13 @@ def configure_distributed(cfg: Any, find_unused_parameters: bool, cuda: bool) ->
         cuda: whether ranks compute on CUDA GPUs (else gloo on CPU).
 
     Raises:
-        ValueError: ``sync_bn`` other than ``None`` / ``'torch'``.
+        OptionError: ``sync_bn`` other than ``None`` / ``'torch'``.
     """
     if cfg.get('launcher', 'none') == 'none':
         return
     sync_bn = cfg.get('sync_bn')
     if sync_bn not in (None, 'torch'):
-        raise ValueError(f"sync_bn must be None or 'torch', got {sync_bn!r}")
+        raise OptionError(f"sync_bn must be None or 'torch', got {sync_bn!r}")
     wrapper = dict(type='MMDistributedDataParallel', broadcast_buffers=True,
                    find_unused_parameters=bool(find_unused_parameters))
     if not cuda:

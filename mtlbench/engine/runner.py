@@ -5,6 +5,7 @@
 * Log history is stored as plain data (:class:`~mtlbench.engine.hooks.PlainCheckpointHook`) and
   checkpoints load through :func:`mtlbench.engine.checkpoint.safe_torch_load` (weights-only
   with an allow-list), so resuming works on torch >= 2.6 without trusting arbitrary pickles.
+* The log file is plain text: colour codes are stripped (:mod:`mtlbench.engine.log_files`).
 * SIGTERM / SIGINT (cluster pre-emption, Ctrl-C) stop training after the current iteration
   with a checkpoint saved (see :class:`mtlbench.engine.hooks.PreemptionHook`).
 """
@@ -64,6 +65,13 @@ class MTLRunner(Runner):
         from mtlbench.engine.hooks import PlainCheckpointHook
         if not any(isinstance(h, PlainCheckpointHook) for h in self.hooks):
             self.register_hook(PlainCheckpointHook())
+
+    def build_logger(self, *args, **kwargs):
+        """mmengine's logger, whose log file gets plain text (no ANSI colour codes)."""
+        from mtlbench.engine.log_files import plain_file_handlers
+        logger = super().build_logger(*args, **kwargs)
+        plain_file_handlers(logger)
+        return logger
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         tmp_name = f'.{filename}.tmp{os.getpid()}'

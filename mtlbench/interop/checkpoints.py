@@ -29,7 +29,8 @@ from mtlbench.engine.checkpoint import CheckpointError, strict_load_problems
 from mtlbench.interop.mtlora_reference import (REFERENCE_GLOBALS, describe_reference, import_reference_state,
                                                is_reference_checkpoint, reference_method)
 
-__all__ = ['CheckpointMismatchError', 'read_checkpoint', 'trained_as', 'describe_model', 'load_for_evaluation']
+__all__ = ['CheckpointMismatchError', 'read_checkpoint', 'trained_as', 'describe_model', 'load_for_evaluation',
+           'check_pretrained_declaration']
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -151,6 +152,59 @@ def _load_mtlbench(path: str, ckpt: Mapping[str, Any], model: torch.nn.Module) -
     if differ:  # the weights fit (e.g. a scale or a dropout): scored with this run's options, said so
         print_log(f'{path} was trained as {theirs}; scored as {ours}', logger='current', level=logging.WARNING)
     model.load_state_dict(state, strict=True)
+
+
+def _config_label(model_cfg: Mapping[str, Any]) -> str:
+    """``'mtlora r=64 (pascal_context: semseg/sal)'`` of a config's (or a declaration's) ``model`` dict."""
+    method = _trained_method(dict(model_cfg))
+    name = method.name if method is not None else dict(model_cfg['method']).get('type', '?')
+    variant = method.variant() if method is not None else ''
+    return _label(name, variant, model_cfg.get('dataset', '?'), list(model_cfg.get('tasks') or []))
+
+
+def check_pretrained_declaration(path: str, model_cfg: Mapping[str, Any]) -> None:
+    """``--pretrained`` takes backbone weights. A checkpoint that declares what it was trained as
+    (an mtlbench checkpoint with its config) is refused with one line naming both models: one
+    of another method, variant, shape-changing option, dataset or task list because its weights
+    belong to another model, one of this very model because ``--resume`` (continue it) or
+    ``--eval-only`` (score it) is what was meant. A file without a declaration (plain backbone
+    weights, the official Swin release, timm's) is left to the backbone's loader.
+
+    Args:
+        path: the ``--pretrained`` file.
+        model_cfg: the run's resolved ``model`` config (method, dataset, tasks, backbone, decoder).
+
+    Raises:
+        CheckpointMismatchError: the file declares a model.
+    """
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError:
+        return  # unreadable here: the backbone loader reports it in its own words
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get('meta'), dict) and 'state_dict' in ckpt):
+        return
+    declared = trained_as(ckpt)
+    if declared is None:
+        return
+    from mtlbench.run import model_identity  # one definition of "the same model" (resume uses it too)
+    ours_cfg = {k: _plain_tree(v) for k, v in dict(model_cfg).items()}
+    want, got = model_identity(ours_cfg), model_identity(declared)
+    differ = [k for k in want if _plain_tree(got.get(k)) != _plain_tree(want.get(k))]
+    theirs, ours = _config_label(declared), _config_label(ours_cfg)
+    if differ:
+        raise CheckpointMismatchError(f'--pretrained {path} was trained as {theirs}; this run builds {ours} '
+                                      f'({", ".join(differ)} differ)')
+    raise CheckpointMismatchError(f'--pretrained {path} is a checkpoint of this same model ({ours}), not backbone '
+                                  'weights: continue it with --resume (in its work dir) or score it with --eval-only')
+
+
+def _plain_tree(value: Any) -> Any:
+    """Tuples as lists, mappings as plain dicts, recursively (a config vs its parsed text)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_tree(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:
