@@ -9,8 +9,17 @@ small, additive summary (class counts, per-threshold IoU/P/R, angle sums and a h
 error sums) and no per-pixel map is kept or sent across ranks. ``reduce`` turns the summaries of a
 split into metrics.
 
-The scorers are plain Python (``TaskScorer.sample_stats`` / ``TaskScorer.reduce``) and usable
-without mmengine; ``MultiTaskMetric`` is the thin mmengine wrapper.
+Where: the statistics are computed where the predictions are (the GPU during training), a whole
+batch at a time, and only the small per-sample summaries cross to the host, in ONE transfer per
+batch (``_to_host``). Each scorer splits into ``device_stats`` (batched torch ops on the
+predictions' device: ``bincount`` class / threshold / angle-bin counts in int64, sums in float64)
+and ``host_stats`` (the summaries of each sample as numpy, the format ``reduce`` reads). Scoring a
+448x448 PASCAL sample per pixel on the CPU in float64, as earlier versions did, cost as much as
+the model's inference of it. ``torch.bincount`` on CUDA reads its input's min / max on the host,
+a few small syncs per batch; the transfer that follows needs one anyway.
+
+The scorers are plain Python (``TaskScorer.batch_stats`` / ``sample_stats`` / ``reduce``) and
+usable without mmengine; ``MultiTaskMetric`` is the thin mmengine wrapper.
 
 Prediction and target formats are those of ``mtlbench.tasks`` (one sample, no batch dim).
 
@@ -83,22 +92,54 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def _match_shapes(pred: torch.Tensor, gt: torch.Tensor, task: str) -> Tuple[torch.Tensor,
-                                                                             torch.Tensor]:
-    """Return ``pred`` and ``gt`` with equal shapes, dropping singleton dims if that suffices."""
+def _match_batch_shapes(pred: torch.Tensor, gt: torch.Tensor, task: str
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return ``pred`` and ``gt`` (``[B, ...]``) with equal shapes, dropping singleton sample
+    dims if that suffices (the batch dim is kept)."""
     if pred.shape == gt.shape:
         return pred, gt
-    if pred.squeeze().shape == gt.squeeze().shape:
-        return pred.squeeze(), gt.squeeze()
-    raise ValueError(f'{task}: prediction shape {tuple(pred.shape)} does not match target '
-                     f'shape {tuple(gt.shape)}')
+    ps = [d for d in pred.shape[1:] if d != 1]
+    gs = [d for d in gt.shape[1:] if d != 1]
+    if pred.shape[0] == gt.shape[0] and ps == gs:
+        return pred.reshape(pred.shape[0], *ps), gt.reshape(gt.shape[0], *gs)
+    raise ValueError(f'{task}: prediction shape {tuple(pred.shape[1:])} does not match target '
+                     f'shape {tuple(gt.shape[1:])}')
+
+
+def _bincount(index: torch.Tensor, size: int) -> torch.Tensor:
+    """int64 counts of ``index`` values ``0..size-1`` (``index`` must lie in that range)."""
+    return torch.bincount(index.reshape(-1), minlength=size)[:size]
+
+
+def _to_host(tensors: Mapping[str, Mapping[str, torch.Tensor]]
+             ) -> Dict[str, Dict[str, np.ndarray]]:
+    """Copy nested dicts of small device tensors to numpy with ONE device-to-host transfer.
+
+    The tensors are reinterpreted as bytes (exact for every dtype), concatenated, copied once and
+    cut apart again on the host.
+    """
+    flat = [(task, name, t.detach().contiguous())
+            for task, d in tensors.items() for name, t in d.items()]
+    if not flat:
+        return {}
+    raw = torch.cat([t.reshape(-1).view(torch.uint8) for _, _, t in flat]).cpu().numpy()
+    out: Dict[str, Dict[str, np.ndarray]] = {task: {} for task in tensors}
+    offset = 0
+    for task, name, t in flat:
+        dtype = np.dtype(str(t.dtype).replace('torch.', ''))
+        nbytes = t.numel() * dtype.itemsize
+        out[task][name] = raw[offset:offset + nbytes].view(dtype).reshape(tuple(t.shape))
+        offset += nbytes
+    return out
 
 
 class TaskScorer(ABC):
     """Scores one task from per-sample sufficient statistics.
 
-    Subclasses implement ``sample_stats`` (one sample -> a small dict of arrays, additive over
-    samples or otherwise mergeable) and ``reduce`` (a split's stats -> metrics).
+    Subclasses implement ``device_stats`` (a batch -> small per-sample tensors, on the
+    predictions' device), ``host_stats`` (those tensors as numpy -> one ``Stats`` per sample:
+    a small dict of arrays, additive over samples or otherwise mergeable; raises on bad labels)
+    and ``reduce`` (a split's stats -> metrics).
 
     Args:
         task: task key; its primary metric and direction come from ``mtlbench.tasks.TASKS``.
@@ -118,8 +159,36 @@ class TaskScorer(ABC):
         return TASKS[self.task].higher_is_better
 
     @abstractmethod
+    def device_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Per-sample summaries of a batch, computed on the predictions' device.
+
+        Args:
+            pred: ``[B, ...]`` predictions in the format of ``mtlbench.tasks``.
+            gt: ``[B, ...]`` targets in the format of ``mtlbench.tasks``, on the same device.
+
+        Returns:
+            name -> tensor with leading dim ``B`` (no per-pixel data).
+        """
+
+    @abstractmethod
+    def host_stats(self, arrays: Mapping[str, np.ndarray]) -> List[Stats]:
+        """``device_stats`` output, as numpy, -> one ``Stats`` per sample; raises on bad labels."""
+
+    def batch_stats(self, preds: torch.Tensor, gts: torch.Tensor) -> List[Stats]:
+        """Sufficient statistics of each sample of a batch (``gts`` moved to ``preds``' device).
+
+        Args:
+            preds: ``[B, ...]`` predictions in the format of ``mtlbench.tasks``.
+            gts: ``[B, ...]`` targets in the format of ``mtlbench.tasks``.
+
+        Returns:
+            ``B`` dicts of numpy arrays / scalars (small, picklable, no per-pixel data).
+        """
+        gts = gts.to(preds.device, non_blocking=True)
+        return self.host_stats(_to_host({'x': self.device_stats(preds, gts)})['x'])
+
     def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
-        """Sufficient statistics of one sample.
+        """Sufficient statistics of one sample (``batch_stats`` of a batch of one).
 
         Args:
             pred: the sample's prediction, in the format of ``mtlbench.tasks``.
@@ -128,6 +197,7 @@ class TaskScorer(ABC):
         Returns:
             A dict of numpy arrays / scalars (small, picklable, no per-pixel data).
         """
+        return self.batch_stats(torch.as_tensor(pred)[None], torch.as_tensor(gt)[None])[0]
 
     @abstractmethod
     def reduce(self, stats: Sequence[Stats]) -> Dict[str, float]:
@@ -171,32 +241,47 @@ class SegmentationScorer(TaskScorer):
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
 
-    def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
-        """Class histograms of one sample.
+    def device_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Class histograms of each sample, from one ``bincount`` of (sample, label, prediction).
 
         Args:
-            pred: int ``[H, W]`` class ids.
-            gt: int ``[H, W]`` labels, ``ignore_index`` for ignored pixels.
+            pred: int ``[B, H, W]`` class ids.
+            gt: int ``[B, H, W]`` labels, ``ignore_index`` for ignored pixels.
 
         Returns:
-            ``intersect``, ``union``, ``pred_area``, ``label_area``: int64 ``[C]``.
+            ``areas``: int64 ``[B, 3, C]`` (intersection, prediction, label areas over the
+            non-ignored pixels); ``ranges``: int64 ``[B, 4]``, min / max of the non-ignored
+            labels and predictions (min > max when there is none), for the range check.
         """
-        pred, gt = _match_shapes(pred, gt, self.task)
+        pred, gt = _match_batch_shapes(pred, gt, self.task)
+        B, C = pred.shape[0], self.num_classes
+        pred, gt = pred.reshape(B, -1).long(), gt.reshape(B, -1).long()
         valid = gt != self.ignore_index
-        for name, t in (('target', gt[valid]), ('prediction', pred[valid])):
-            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_classes):
-                raise ValueError(f'{self.task}: {name} labels must lie in [0, '
-                                 f'{self.num_classes - 1}] or be {self.ignore_index}; got range '
-                                 f'[{int(t.min())}, {int(t.max())}]')
-        inter, union, pred_area, label_area = IoUMetric.intersect_and_union(
-            pred, gt, self.num_classes, self.ignore_index)
-        # histc counts in float32, exact for any image below 2**24 pixels.
-        return {
-            'intersect': inter.numpy().astype(np.int64),
-            'union': union.numpy().astype(np.int64),
-            'pred_area': pred_area.numpy().astype(np.int64),
-            'label_area': label_area.numpy().astype(np.int64),
-        }
+        big = torch.iinfo(torch.int64).max
+        ranges = torch.stack([torch.where(valid, t, big).amin(1) if k == 0 else
+                              torch.where(valid, t, -big).amax(1)
+                              for t in (gt, pred) for k in (0, 1)], dim=1)
+        ok = valid & (gt >= 0) & (gt < C) & (pred >= 0) & (pred < C)
+        sample = torch.arange(B, device=pred.device).unsqueeze(1)
+        cell = torch.where(ok, (sample * C + gt) * C + pred, B * C * C)     # B*C*C: dropped
+        confusion = _bincount(cell, B * C * C + 1)[:-1].reshape(B, C, C)   # [b, label, pred]
+        areas = torch.stack([confusion.diagonal(dim1=1, dim2=2), confusion.sum(1),
+                             confusion.sum(2)], dim=1)
+        return {'areas': areas, 'ranges': ranges}
+
+    def host_stats(self, arrays: Mapping[str, np.ndarray]) -> List[Stats]:
+        """Per sample: ``intersect``, ``union``, ``pred_area``, ``label_area``: int64 ``[C]``."""
+        out = []
+        for areas, ranges in zip(arrays['areas'], arrays['ranges']):
+            for name, (lo, hi) in (('target', ranges[:2]), ('prediction', ranges[2:])):
+                if lo <= hi and (lo < 0 or hi >= self.num_classes):
+                    raise ValueError(f'{self.task}: {name} labels must lie in [0, '
+                                     f'{self.num_classes - 1}] or be {self.ignore_index}; got '
+                                     f'range [{int(lo)}, {int(hi)}]')
+            inter, pred_area, label_area = (a.astype(np.int64) for a in areas)
+            out.append({'intersect': inter, 'union': pred_area + label_area - inter,
+                        'pred_area': pred_area, 'label_area': label_area})
+        return out
 
     def _totals(self, stats: Sequence[Stats]) -> List[torch.Tensor]:
         keys = ('intersect', 'union', 'pred_area', 'label_area')
@@ -247,39 +332,58 @@ class SaliencyScorer(TaskScorer):
                                      dtype=np.float64)
         self.ignore_index = ignore_index
 
-    def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
-        """Per-threshold IoU / precision / recall of one image.
+    def device_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Per-threshold TP / FP / FN of each image, from one ``bincount``.
+
+        A pixel of probability ``p`` is salient at the ``k`` lowest thresholds, ``k`` = the number
+        of thresholds strictly below ``p`` (``searchsorted``); counting pixels by (image, label,
+        ``k``) and summing the counts from the top gives every threshold at once.
 
         Args:
-            pred: float ``[H, W]`` salient-class probabilities in [0, 1].
-            gt: int ``[H, W]`` in {0, 1}, ``ignore_index`` for ignored pixels.
+            pred: float ``[B, H, W]`` salient-class probabilities in [0, 1].
+            gt: int ``[B, H, W]`` in {0, 1}, ``ignore_index`` for ignored pixels.
 
         Returns:
-            ``iou``, ``precision``, ``recall``: float64 ``[T]``; ``n``: 1, or 0 when every pixel
-            is ignored (then the arrays are zeros and the image does not count).
+            ``counts``: int64 ``[B, 3, T]`` (TP, FP, FN per threshold); ``n_valid``, ``n_bad``:
+            int64 ``[B]`` non-ignored pixels and pixels with another label.
         """
-        pred, gt = _match_shapes(pred, gt, self.task)
-        valid = gt != self.ignore_index
-        n_thr = len(self.thresholds)
-        if not bool(valid.any()):
-            zeros = np.zeros(n_thr)
-            return {'iou': zeros, 'precision': zeros.copy(), 'recall': zeros.copy(),
-                    'n': np.int64(0)}
-        labels = gt[valid]
-        if bool(((labels != 0) & (labels != 1)).any()):
+        pred, gt = _match_batch_shapes(pred, gt, self.task)
+        B, T = pred.shape[0], len(self.thresholds)
+        p = torch.nan_to_num(pred.reshape(B, -1).double(), nan=0.0)    # NaN > t is False
+        g = gt.reshape(B, -1).long()
+        valid = g != self.ignore_index
+        binary = (g == 0) | (g == 1)
+        thr = torch.as_tensor(self.thresholds, dtype=torch.float64, device=p.device)
+        k = torch.searchsorted(thr, p.contiguous())                     # thresholds below p
+        sample = torch.arange(B, device=p.device).unsqueeze(1)
+        cell = torch.where(valid & binary, (sample * 2 + g) * (T + 1) + k, B * 2 * (T + 1))
+        hist = _bincount(cell, B * 2 * (T + 1) + 1)[:-1].reshape(B, 2, T + 1)
+        salient_at = hist.flip(-1).cumsum(-1).flip(-1)[..., 1:]         # [B, label, T]: p > t
+        tp, fp = salient_at[:, 1], salient_at[:, 0]
+        fn = hist[:, 1].sum(-1, keepdim=True) - tp
+        return {'counts': torch.stack([tp, fp, fn], dim=1), 'n_valid': hist.sum((1, 2)),
+                'n_bad': (valid & ~binary).sum(1)}
+
+    def host_stats(self, arrays: Mapping[str, np.ndarray]) -> List[Stats]:
+        """Per image: ``iou``, ``precision``, ``recall``: float64 ``[T]``; ``n``: 1, or 0 when
+        every pixel is ignored (then the arrays are zeros and the image does not count)."""
+        if arrays['n_bad'].any():
             raise ValueError(f'{self.task}: target labels must be 0, 1 or {self.ignore_index}')
-        target = (labels == 1).reshape(1, -1)                                  # [1, N]
-        thr = torch.from_numpy(self.thresholds).reshape(-1, 1)
-        positive = pred[valid].double().reshape(1, -1) > thr                   # [T, N]
-        tp = (positive & target).sum(1).double().numpy()
-        fp = (positive & ~target).sum(1).double().numpy()
-        fn = (~positive & target).sum(1).double().numpy()
-        union = tp + fp + fn
-        with np.errstate(divide='ignore', invalid='ignore'):
-            iou = np.where(union > 0, tp / union, 1.0)
-            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-            recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-        return {'iou': iou, 'precision': precision, 'recall': recall, 'n': np.int64(1)}
+        out = []
+        for counts, n_valid in zip(arrays['counts'], arrays['n_valid']):
+            if n_valid == 0:
+                zeros = np.zeros(len(self.thresholds))
+                out.append({'iou': zeros, 'precision': zeros.copy(), 'recall': zeros.copy(),
+                            'n': np.int64(0)})
+                continue
+            tp, fp, fn = counts.astype(np.float64)
+            union = tp + fp + fn
+            with np.errstate(divide='ignore', invalid='ignore'):
+                iou = np.where(union > 0, tp / union, 1.0)
+                precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+                recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+            out.append({'iou': iou, 'precision': precision, 'recall': recall, 'n': np.int64(1)})
+        return out
 
     def curves(self, stats: Sequence[Stats]) -> Dict[str, np.ndarray]:
         """Image-averaged ``iou``, ``precision``, ``recall`` and ``f`` per threshold, ``[T]``."""
@@ -340,7 +444,7 @@ class NormalsScorer(TaskScorer):
         self.num_bins = int(math.ceil(180.0 / self.bin_deg))     # fits the uint16 bin index
 
     def angles(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """Angles in degrees at the valid pixels.
+        """Angles in degrees at the valid pixels of one sample.
 
         Args:
             pred: float ``[3, H, W]`` predicted normals (normalised here again).
@@ -349,41 +453,61 @@ class NormalsScorer(TaskScorer):
         Returns:
             float64 ``[N]``, ``N`` = number of valid pixels.
         """
-        if pred.shape != gt.shape or pred.dim() != 3 or pred.shape[0] != 3:
-            raise ValueError(f'{self.task}: expected prediction and target of shape [3, H, W]; '
-                             f'got {tuple(pred.shape)} and {tuple(gt.shape)}')
-        gt = gt.double()
-        valid = (gt != 0).any(dim=0)
-        p = F.normalize(pred.double(), dim=0)[:, valid]
-        g = F.normalize(gt, dim=0)[:, valid]
-        cos = (p * g).sum(dim=0).clamp(-1.0, 1.0)
-        return torch.rad2deg(torch.acos(cos))
+        ang, valid = self._angle_map(pred[None], gt[None])
+        return ang[valid]
 
-    def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
-        """Angle sums, threshold counts and the sparse angle histogram of one sample.
+    def _angle_map(self, pred: torch.Tensor, gt: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """float64 angles ``[B, H*W]`` in degrees and the valid-pixel mask, of ``[B, 3, H, W]``."""
+        if pred.shape != gt.shape or pred.dim() != 4 or pred.shape[1] != 3:
+            raise ValueError(f'{self.task}: expected prediction and target of shape [3, H, W]; '
+                             f'got {tuple(pred.shape[1:])} and {tuple(gt.shape[1:])}')
+        B = pred.shape[0]
+        gt = gt.double()
+        valid = (gt != 0).any(dim=1).reshape(B, -1)
+        cos = (F.normalize(pred.double(), dim=1) * F.normalize(gt, dim=1)).sum(dim=1)
+        return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))).reshape(B, -1), valid
+
+    def device_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Angle sums, threshold counts and the angle histogram of each sample.
 
         Args:
-            pred: float ``[3, H, W]``.
-            gt: float ``[3, H, W]``.
+            pred: float ``[B, 3, H, W]``.
+            gt: float ``[B, 3, H, W]``.
 
         Returns:
-            ``sum``, ``sum_sq`` (float64), ``count`` (int64), ``within`` (int64
-            ``[len(NORMALS_WITHIN_DEG)]``), ``hist_idx`` (uint16 ``[K]`` indices of the non-empty
-            bins) and ``hist_cnt`` (int32 ``[K]`` their counts): at most 6 bytes per occupied
-            bin, whatever the image size.
+            ``sums``: float64 ``[B, 2]`` (sum, sum of squares); ``counts``: int64 ``[B, 1 +
+            len(NORMALS_WITHIN_DEG)]`` (valid pixels, pixels below each threshold); ``hist``:
+            int32 ``[B, num_bins]``.
         """
-        ang = self.angles(pred, gt).numpy()
-        bins = np.minimum((ang / self.bin_deg).astype(np.int64), self.num_bins - 1)
-        hist = np.bincount(bins, minlength=self.num_bins)
-        idx = np.flatnonzero(hist)
-        return {
-            'sum': np.float64(ang.sum()),
-            'sum_sq': np.float64(np.square(ang).sum()),
-            'count': np.int64(ang.size),
-            'within': np.array([(ang < t).sum() for t in NORMALS_WITHIN_DEG], dtype=np.int64),
-            'hist_idx': idx.astype(np.uint16),
-            'hist_cnt': hist[idx].astype(np.int32),
-        }
+        ang, valid = self._angle_map(pred, gt)
+        B = ang.shape[0]
+        kept = torch.where(valid, ang, 0.0)
+        counts = [valid.sum(1)] + [(valid & (ang < t)).sum(1) for t in NORMALS_WITHIN_DEG]
+        bins = (ang / self.bin_deg).long().clamp(max=self.num_bins - 1)
+        sample = torch.arange(B, device=ang.device).unsqueeze(1)
+        cell = torch.where(valid, sample * self.num_bins + bins, B * self.num_bins)
+        hist = _bincount(cell, B * self.num_bins + 1)[:-1].reshape(B, self.num_bins)
+        return {'sums': torch.stack([kept.sum(1), kept.square().sum(1)], dim=1),
+                'counts': torch.stack(counts, dim=1), 'hist': hist.int()}
+
+    def host_stats(self, arrays: Mapping[str, np.ndarray]) -> List[Stats]:
+        """Per sample: ``sum``, ``sum_sq`` (float64), ``count`` (int64), ``within`` (int64
+        ``[len(NORMALS_WITHIN_DEG)]``), ``hist_idx`` (uint16 ``[K]`` indices of the non-empty
+        bins) and ``hist_cnt`` (int32 ``[K]`` their counts): at most 6 bytes per occupied bin,
+        whatever the image size."""
+        out = []
+        for sums, counts, hist in zip(arrays['sums'], arrays['counts'], arrays['hist']):
+            idx = np.flatnonzero(hist)
+            out.append({
+                'sum': np.float64(sums[0]),
+                'sum_sq': np.float64(sums[1]),
+                'count': np.int64(counts[0]),
+                'within': counts[1:].astype(np.int64),
+                'hist_idx': idx.astype(np.uint16),
+                'hist_cnt': hist[idx].astype(np.int32),
+            })
+        return out
 
     def reduce(self, stats: Sequence[Stats]) -> Dict[str, float]:
         """See ``TaskScorer.reduce``. Keys: ``mean``, ``median``, ``rmse``, ``within_*``."""
@@ -426,26 +550,31 @@ class DepthScorer(TaskScorer):
     def __init__(self, task: str = 'depth') -> None:
         super().__init__(task)
 
-    def sample_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Stats:
-        """Error sums of one sample.
+    def device_stats(self, pred: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Error sums of each sample.
 
         Args:
-            pred: float ``[1, H, W]`` depth in metres.
-            gt: float ``[1, H, W]``; 0 marks missing depth.
+            pred: float ``[B, 1, H, W]`` depth in metres.
+            gt: float ``[B, 1, H, W]``; 0 marks missing depth.
 
         Returns:
-            ``sse``, ``abs_rel_sum`` (float64) and ``count`` (int64).
+            ``sums``: float64 ``[B, 2]`` (squared errors, relative absolute errors);
+            ``count``: int64 ``[B]`` valid pixels.
         """
-        pred, gt = _match_shapes(pred, gt, self.task)
-        gt = gt.double()
-        valid = (gt > 0) & torch.isfinite(gt)
-        p, g = pred.double()[valid], gt[valid]
-        err = p - g
-        return {
-            'sse': np.float64(err.square().sum().item()),
-            'abs_rel_sum': np.float64((err.abs() / g).sum().item()),
-            'count': np.int64(int(valid.sum())),
-        }
+        pred, gt = _match_batch_shapes(pred, gt, self.task)
+        B = pred.shape[0]
+        g = gt.reshape(B, -1).double()
+        valid = (g > 0) & torch.isfinite(g)
+        err = torch.where(valid, pred.reshape(B, -1).double() - g, 0.0)
+        rel = torch.where(valid, err.abs() / torch.where(valid, g, 1.0), 0.0)
+        return {'sums': torch.stack([err.square().sum(1), rel.sum(1)], dim=1),
+                'count': valid.sum(1)}
+
+    def host_stats(self, arrays: Mapping[str, np.ndarray]) -> List[Stats]:
+        """Per sample: ``sse``, ``abs_rel_sum`` (float64) and ``count`` (int64)."""
+        return [{'sse': np.float64(sums[0]), 'abs_rel_sum': np.float64(sums[1]),
+                 'count': np.int64(count)}
+                for sums, count in zip(arrays['sums'], arrays['count'])]
 
     def reduce(self, stats: Sequence[Stats]) -> Dict[str, float]:
         """See ``TaskScorer.reduce``. Keys: ``rmse``, ``abs_rel``."""
@@ -578,24 +707,40 @@ class MultiTaskMetric(BaseMetric):
     def process(self, data_batch: Any, data_samples: Sequence[Mapping[str, Any]]) -> None:
         """Append one stats entry per sample.
 
+        Samples whose tensors have the same shapes (all of them at a fixed eval size) are
+        stacked and scored as one batch on their device, with one small transfer to the host.
+
         Args:
             data_batch: the dataloader batch (unused).
             data_samples: what the model's ``val_step`` returns: one dict per sample,
                 ``{'pred': {task: tensor}, 'gt': {task: tensor}}`` in ``mtlbench.tasks``
                 formats, on any device.
         """
+        groups: Dict[tuple, List[int]] = {}
         for i, sample in enumerate(data_samples):
             if not isinstance(sample, Mapping) or 'pred' not in sample or 'gt' not in sample:
                 raise TypeError('MultiTaskMetric expects one dict {"pred": {...}, "gt": {...}} '
                                 f'per sample; sample {i} is {type(sample).__name__}')
-            entry = {}
-            for task, scorer in self.scorers.items():
+            for task in self.scorers:
                 if task not in sample['pred'] or task not in sample['gt']:
                     raise KeyError(f'sample {i} lacks the prediction or target of {task!r}')
-                pred = torch.as_tensor(sample['pred'][task]).detach().cpu()
-                gt = torch.as_tensor(sample['gt'][task]).detach().cpu()
-                entry[task] = scorer.sample_stats(pred, gt)
-            self.results.append(entry)
+            shapes = tuple((tuple(torch.as_tensor(sample[k][t]).shape) for t in self.scorers
+                            for k in ('pred', 'gt')))
+            groups.setdefault(shapes, []).append(i)
+        entries: List[Dict[str, Stats]] = [{} for _ in data_samples]
+        for indices in groups.values():
+            on_device = {}
+            for task, scorer in self.scorers.items():
+                pred = torch.stack([torch.as_tensor(data_samples[i]['pred'][task]).detach()
+                                    for i in indices])
+                gt = torch.stack([torch.as_tensor(data_samples[i]['gt'][task]).detach()
+                                  for i in indices]).to(pred.device, non_blocking=True)
+                on_device[task] = scorer.device_stats(pred, gt)
+            host = _to_host(on_device)
+            for task, scorer in self.scorers.items():
+                for i, stats in zip(indices, scorer.host_stats(host[task])):
+                    entries[i][task] = stats
+        self.results.extend(entries)
 
     def compute_metrics(self, results: List[Dict[str, Stats]]) -> Dict[str, float]:
         """Flat ``'<task>/<metric>' -> float`` dict over the collected samples."""
