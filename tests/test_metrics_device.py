@@ -200,7 +200,7 @@ def test_bad_labels_raise_after_the_batch():
     seg = SegmentationScorer('semseg', num_classes=3)
     gt = torch.zeros(2, 2, 2, dtype=torch.long)
     gt[1, 0, 0] = 7
-    with pytest.raises(ValueError, match=r'target labels .* got range \[0, 7\]'):
+    with pytest.raises(ValueError, match='target labels .* 1 pixels of sample 1 '):
         seg.batch_stats(torch.zeros(2, 2, 2, dtype=torch.long), gt)
     pred = torch.zeros(2, 2, 2, dtype=torch.long)
     pred[0, 1, 1] = -1
@@ -222,3 +222,28 @@ def test_to_host_is_one_exact_copy_of_mixed_dtypes():
         for name, t in d.items():
             np.testing.assert_array_equal(out[task][name], t.numpy())
             assert out[task][name].dtype == t.numpy().dtype
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_saliency_decides_p_above_threshold_exactly_in_every_dtype(dtype):
+    # probabilities at each threshold's neighbours in ``dtype``: the comparison ``p > t`` must be
+    # that of float64, where most thresholds (0.2, 0.3, ...) are not representable
+    t = torch.tensor(SAL_THRESHOLDS, dtype=torch.float64)
+    near = t.to(dtype)
+    values = torch.cat([near, torch.nextafter(near, torch.tensor(0.0, dtype=dtype)),
+                        torch.nextafter(near, torch.tensor(1.0, dtype=dtype))])
+    pred = values.reshape(1, 1, -1)
+    gt = (torch.arange(values.numel()) % 2).reshape(1, 1, -1)
+    assert_stats_equal(SaliencyScorer().batch_stats(pred, gt)[0],
+                       reference_saliency(pred[0].double(), gt[0]))
+
+
+@pytest.mark.parametrize('scorer,reference,task', CASES, ids=[c[2] for c in CASES])
+def test_cpu_pieces_add_up_to_the_whole_batch(scorer, reference, task, monkeypatch):
+    # CPU scoring goes through pieces of rows; force many (uneven) pieces
+    from mtlbench.evaluation import metrics
+    monkeypatch.setattr(metrics, 'CPU_CHUNK_PIXELS', 3 * 11 * 2)    # 2 rows of 11 px x 3 images
+    gen = torch.Generator().manual_seed(11)
+    pred, gt = _batch(gen, task, 3, 9, 11)
+    for got, p, g in zip(scorer.batch_stats(pred, gt), pred, gt):
+        assert_stats_equal(got, reference(p, g))
