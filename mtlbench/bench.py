@@ -26,6 +26,7 @@ from mmengine.logging import MMLogger
 
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
+from mtlbench.run_cost import format_full_run
 
 __all__ = ['BenchOptions', 'bench', 'bench_loader', 'measure', 'synthetic_batch']
 
@@ -185,13 +186,13 @@ def bench(opts: BenchOptions) -> Path:
         full_run=full_run, **evaluation,
         notes='synthetic tensors; peak memory is the CUDA allocator peak on GPU, process max RSS on CPU')
     path = records.write_record(rec, opts.out_dir)
-    evaluated = (f', evaluation {evaluation["eval_img_s"]:.2f} img/s (scoring {evaluation["score_ms_per_img"]:.1f} '
-                 f'ms/img, {100 * evaluation["score_share_of_infer"]:.1f}% of inference)') if evaluation else ''
+    evaluated = ''
+    if evaluation:
+        evaluated = (f', evaluation {evaluation["eval_img_s"]:.2f} img/s (scoring {evaluation["score_ms_per_img"]:.1f}'
+                     f' ms/img, {100 * evaluation["score_share_of_infer"]:.1f}% of inference)')
     logger.info(f'bench {opts.method}: train {rec["train_img_s"]:.2f} img/s, inference {rec["infer_img_s"]:.2f} '
                 f'img/s{evaluated}, peak {rec["peak_mem_mb"]:.0f} MB, {flops / 1e9:.1f} GFLOPs/img -> {path}')
-    print(f'projected full run: {full_run["total_h"]:.1f} h on {rec["device"]} (train {full_run["train_s"] / 3600:.1f} h, '
-          f'{full_run["schedule"]["val_passes"]} evaluations {full_run["eval_s"] / 3600:.1f} h, '
-          f'{full_run["schedule"]["checkpoint_writes"]} checkpoints {full_run["checkpoint_s"] / 3600:.2f} h)', flush=True)
+    print(format_full_run(full_run), flush=True)
     return path
 
 
@@ -235,8 +236,10 @@ def _project(opts: BenchOptions, train_img_s: float, eval_img_s: float, checkpoi
     cfg = load_config(opts.config or find_config(opts.method, opts.dataset), opts.cfg_options)
     ckpt_s, ckpt_bytes = checkpoint
     out = project_full_run(schedule_from_config(cfg), train_img_s, eval_img_s, ckpt_s)
-    out.update(device=device_name(device), checkpoint_write_s=round(ckpt_s, 3), checkpoint_mb=round(ckpt_bytes / 2 ** 20, 1),
-               eval_throughput='measured (--eval)' if opts.eval else 'inference img/s (scoring not measured; use --eval)')
+    out.update(device=device_name(device), checkpoint_write_s=round(ckpt_s, 3),
+               checkpoint_mb=round(ckpt_bytes / 2 ** 20, 1),
+               eval_throughput=('measured (--eval)' if opts.eval
+                                else 'inference img/s (scoring not measured; use --eval)'))
     return out
 
 

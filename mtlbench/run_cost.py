@@ -30,7 +30,7 @@ import torch
 from mtlbench.config import inner_dataset
 
 __all__ = ['Schedule', 'schedule_from_config', 'split_size', 'time_checkpoint_write',
-           'project_full_run']
+           'project_full_run', 'format_full_run']
 
 
 @dataclass
@@ -132,3 +132,12 @@ def project_full_run(schedule: Schedule, train_img_s: float, eval_img_s: float,
     total = train_s + eval_s + ckpt_s
     return {'train_s': round(train_s, 1), 'eval_s': round(eval_s, 1), 'checkpoint_s': round(ckpt_s, 1),
             'total_s': round(total, 1), 'total_h': round(total / 3600, 2), 'schedule': asdict(schedule)}
+
+
+def format_full_run(full_run: Dict[str, Any]) -> str:
+    """One line: ``projected full run: X h on <device> (train ..., evaluations ..., checkpoints ...)``."""
+    sched = full_run['schedule']
+    return (f"projected full run: {full_run['total_h']:.1f} h on {full_run['device']} "
+            f"(train {full_run['train_s'] / 3600:.1f} h, {sched['val_passes']} evaluations "
+            f"{full_run['eval_s'] / 3600:.1f} h, {sched['checkpoint_writes']} checkpoint writes "
+            f"{full_run['checkpoint_s'] / 3600:.2f} h)")

@@ -3,7 +3,6 @@ import io
 
 import pytest
 import torch
-from mmengine.config import Config
 
 from mtlbench.config import find_config, load_config
 from mtlbench.run_cost import (Schedule, project_full_run, schedule_from_config, split_size,

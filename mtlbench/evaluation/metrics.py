@@ -51,7 +51,6 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
 from mmseg.evaluation import IoUMetric
 
