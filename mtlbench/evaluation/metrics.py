@@ -174,10 +174,10 @@ def _to_host(tensors: Mapping[str, Mapping[str, torch.Tensor]]
 class TaskScorer(ABC):
     """Scores one task from per-sample sufficient statistics.
 
-    Subclasses implement ``device_stats`` (a batch -> small per-sample tensors, on the
-    predictions' device, each a sum over pixels), ``host_stats`` (those tensors as numpy -> one ``Stats`` per sample:
-    a small dict of arrays, additive over samples or otherwise mergeable; raises on bad labels)
-    and ``reduce`` (a split's stats -> metrics).
+    Subclasses implement ``device_stats`` (a batch -> small per-sample tensors on the
+    predictions' device, each a sum over pixels), ``host_stats`` (those tensors as numpy -> one
+    ``Stats`` per sample: a small dict of arrays, additive over samples or otherwise mergeable;
+    raises on bad labels) and ``reduce`` (a split's stats -> metrics).
 
     Args:
         task: task key; its primary metric and direction come from ``mtlbench.tasks.TASKS``.
