@@ -5,6 +5,11 @@ Timing follows the usual rules: warm-up iterations first (allocator, autotuning,
 then ``iters`` timed iterations, each synchronised on CUDA; the median and the spread (min /
 max) are reported. FLOPs come from torch's own ``FlopCounterMode`` on one forward pass of one
 image (matmuls and convolutions; elementwise ops are not counted).
+
+``--eval`` also times the evaluation step (forward, post-processing and ``MultiTaskMetric``
+scoring of the synthetic batch) and scoring alone, so a slow metric shows next to the model.
+Every bench projects the wall time of the config's whole schedule on the benched device
+(``mtlbench.run_cost``), stored as the record's ``full_run``.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from mmengine.logging import MMLogger
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
 from mtlbench.progress import format_duration
+from mtlbench.run_cost import format_full_run
 
 __all__ = ['BenchOptions', 'bench', 'bench_loader', 'measure', 'synthetic_batch']
 
@@ -42,6 +48,7 @@ class BenchOptions:
     arch: str = 'tiny'
     config: Optional[str] = None
     cfg_options: Optional[Dict[str, Any]] = None
+    eval: bool = False
 
 
 def synthetic_batch(model, batch: int, size: Sequence[int], device: torch.device):
@@ -152,6 +159,7 @@ def bench(opts: BenchOptions) -> Path:
                 f'{device}, amp={opts.amp}, compile={opts.compile}')
     train = measure(train_step, opts.iters, opts.warmup, device, 'train')
     train_peak = _peak_memory_mb(device)
+    checkpoint = _time_checkpoint(model, optim, opts.out_dir)  # the training state, before any merge
 
     merged = merge_adapters(model) if opts.merged else []
     if device.type == 'cuda':
@@ -165,7 +173,10 @@ def bench(opts: BenchOptions) -> Path:
 
     infer = measure(infer_step, opts.iters, opts.warmup, device, 'inference')
     infer_peak = _peak_memory_mb(device)
+    evaluation = _measure_eval(model, x, targets, opts, device, infer) if opts.eval else {}
     flops = _flops_per_image(model, size, device)
+    full_run = _project(opts, opts.batch_size / train['median'],
+                        evaluation.get('eval_img_s') or opts.batch_size / infer['median'], checkpoint, device)
     rec = records.make_bench_record(
         method=opts.method, variant=model.method.variant(), dataset=opts.dataset, device=device_name(device),
         batch_size=opts.batch_size, img_size=list(size), amp=opts.amp if opts.amp != 'off' else False,
@@ -174,11 +185,64 @@ def bench(opts: BenchOptions) -> Path:
         infer_peak_mem_mb=round(infer_peak, 1), flops_per_img=flops, train_step_s=train, infer_step_s=infer,
         compile=opts.compile, merged=opts.merged, merged_modules=len(merged), arch=opts.arch,
         tasks=list(model.tasks), params=model.param_breakdown(), torch_version=torch.__version__,
+        full_run=full_run, **evaluation,
         notes='synthetic tensors; peak memory is the CUDA allocator peak on GPU, process max RSS on CPU')
     path = records.write_record(rec, opts.out_dir)
+    evaluated = ''
+    if evaluation:
+        evaluated = (f', evaluation {evaluation["eval_img_s"]:.2f} img/s (scoring {evaluation["score_ms_per_img"]:.1f}'
+                     f' ms/img, {100 * evaluation["score_share_of_infer"]:.1f}% of inference)')
     logger.info(f'bench {opts.method}: train {rec["train_img_s"]:.2f} img/s, inference {rec["infer_img_s"]:.2f} '
-                f'img/s, peak {rec["peak_mem_mb"]:.0f} MB, {flops / 1e9:.1f} GFLOPs/img -> {path}')
+                f'img/s{evaluated}, peak {rec["peak_mem_mb"]:.0f} MB, {flops / 1e9:.1f} GFLOPs/img -> {path}')
+    print(format_full_run(full_run), flush=True)
     return path
+
+
+def _measure_eval(model, x, targets, opts: BenchOptions, device: torch.device, infer: Dict[str, float]
+                  ) -> Dict[str, Any]:
+    """Evaluation step (forward + post-processing + scoring) and scoring alone, per image."""
+    from mtlbench.evaluation import MultiTaskMetric
+
+    metric = MultiTaskMetric(tasks=list(model.tasks), dataset_name=opts.dataset)
+
+    @torch.no_grad()
+    def predict():
+        model.eval()
+        with _autocast(device, opts.amp):
+            return model(x, targets, mode='predict')
+
+    def score(samples):
+        metric.process(None, samples)
+        metric.results.clear()
+
+    samples = predict()
+    scoring = measure(lambda: score(samples), opts.iters, opts.warmup, device, 'scoring')
+    evaluation = measure(lambda: score(predict()), opts.iters, opts.warmup, device, 'evaluation')
+    return dict(eval_img_s=opts.batch_size / evaluation['median'], eval_step_s=evaluation, score_step_s=scoring,
+                score_ms_per_img=1000 * scoring['median'] / opts.batch_size,
+                score_share_of_infer=scoring['median'] / infer['median'])
+
+
+def _time_checkpoint(model, optim, out_dir: str) -> Tuple[float, int]:
+    from mtlbench.run_cost import time_checkpoint_write
+    MMLogger.get_current_instance().info('bench: timing one checkpoint write')
+    return time_checkpoint_write(model, optim, out_dir)
+
+
+def _project(opts: BenchOptions, train_img_s: float, eval_img_s: float, checkpoint: Tuple[float, int],
+             device: torch.device) -> Dict[str, Any]:
+    """``run_cost.project_full_run`` of the benched config."""
+    from mtlbench.config import find_config, load_config
+    from mtlbench.run_cost import project_full_run, schedule_from_config
+
+    cfg = load_config(opts.config or find_config(opts.method, opts.dataset), opts.cfg_options)
+    ckpt_s, ckpt_bytes = checkpoint
+    out = project_full_run(schedule_from_config(cfg), train_img_s, eval_img_s, ckpt_s)
+    out.update(device=device_name(device), checkpoint_write_s=round(ckpt_s, 3),
+               checkpoint_mb=round(ckpt_bytes / 2 ** 20, 1),
+               eval_throughput=('measured (--eval)' if opts.eval
+                                else 'inference img/s (scoring not measured; use --eval)'))
+    return out
 
 
 def bench_loader(dataset: str = 'pascal_context', data_root: Optional[str] = None, num_workers: int = 2,

@@ -161,7 +161,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     opts = BenchOptions(method=methods[0], dataset=args.dataset, device=args.device, batch_size=args.batch_size,
                         amp=args.amp, compile=args.compile, img_size=tuple(args.img_size), iters=args.iters,
                         warmup=args.warmup, out_dir=args.out, merged=args.merged, arch=args.arch,
-                        cfg_options=_parse_cfg_options(args.cfg_options))
+                        cfg_options=_parse_cfg_options(args.cfg_options), eval=args.eval)
     print(f'bench record written: {bench(opts)}')
     return 0
 
@@ -171,7 +171,7 @@ def _bench_argv(args: argparse.Namespace, method: str) -> List[str]:
     argv = ['bench', '--method', method, '--dataset', args.dataset, '--device', args.device,
             '--batch-size', str(args.batch_size), '--amp', args.amp, '--img-size', *map(str, args.img_size),
             '--arch', args.arch, '--iters', str(args.iters), '--warmup', str(args.warmup), '--out', args.out]
-    argv += ['--compile'] * bool(args.compile) + ['--merged'] * bool(args.merged)
+    argv += ['--compile'] * bool(args.compile) + ['--merged'] * bool(args.merged) + ['--eval'] * bool(args.eval)
     if args.cfg_options:
         argv += ['--cfg-options', *args.cfg_options]
     return argv
@@ -430,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--amp', default='off', choices=('bf16', 'fp16', 'off'), help='autocast precision')
     b.add_argument('--compile', action='store_true', help='torch.compile the model first')
     b.add_argument('--merged', action='store_true', help='inference with shared adapters folded in')
+    b.add_argument('--eval', action='store_true',
+                   help='also time evaluation (forward + metric scoring) and scoring alone, per image')
     b.add_argument('--img-size', type=int, nargs=2, default=(448, 448), metavar=('H', 'W'), help='input size')
     b.add_argument('--arch', default='tiny', help='Swin size (tiny, small, base; toy for tests)')
     b.add_argument('--iters', type=int, default=10, help='timed iterations (the median is reported)')
