@@ -205,13 +205,17 @@ def test_bench_columns_and_device():
               'variant': 'r=64', 'dataset': 'pascal_context', 'device': 'NVIDIA H100',
               'batch_size': 32, 'img_size': [448, 448], 'amp': 'bf16', 'train_img_s': 250.0,
               'infer_img_s': 800.0, 'peak_mem_mb': 9000.0, 'flops_per_img': 5.0e10,
+              'full_run': {'total_h': 12.34, 'device': 'NVIDIA H100'},
               'created': '2026-01-01T00:00:00+00:00'}]
     res = L.build_leaderboard(baselines() + two_seed_mtlora(), bench_records=bench,
                               known_methods=KNOWN)
     r = row(res.tables[0], 'mtlora', 'r=64')
     assert r['train_img_s'] == 250.0 and r['bench_device'] == 'NVIDIA H100'
+    assert r['full_run_h'] == 12.34
     text = render_text(res)
     assert 'infer img/s' in text and 'NVIDIA H100' in text and '800.0' in text
+    # The projected cost of the whole schedule is a column, rounded to 0.1 h.
+    assert 'full run (h)' in text and '12.3' in text
 
 
 # --------------------------------------------------------------------------- reported rows

@@ -186,6 +186,8 @@ def _build_group(dataset: str, key: Dict[str, Any], recs: List[Mapping],
         row['train_img_s'] = b.get('train_img_s') if b else None
         row['infer_img_s'] = b.get('infer_img_s') if b else None
         row['peak_mem_mb'] = b.get('peak_mem_mb') if b else None
+        # Projected wall time of the config's whole schedule on the bench device (run_cost.py).
+        row['full_run_h'] = (b.get('full_run') or {}).get('total_h') if b else None
         row['flops_per_img_g'] = (b['flops_per_img'] / 1e9
                                   if b and b.get('flops_per_img') is not None else None)
         row['bench_batch_size'] = b.get('batch_size') if b else None

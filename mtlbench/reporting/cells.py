@@ -136,7 +136,7 @@ def _main_cells(g: GroupTable) -> _Cells:
     heads += [f'Δm (%) {_UP}', 'backbone', 'pretrained', 'resolution', 'protocol', 'ckpt',
               'trainable (M)', 'adapter / decoder (M)', 'total @inference (M)']
     if has_bench:
-        heads += ['train img/s', 'infer img/s', 'peak mem (MB)', 'bench device']
+        heads += ['train img/s', 'infer img/s', 'peak mem (MB)', 'full run (h)', 'bench device']
     c = _Cells(heads)
     for i in range(len(df)):
         r = df.loc[i]
@@ -152,7 +152,7 @@ def _main_cells(g: GroupTable) -> _Cells:
                   _fmt_num(r['params_total_m'])]
         if has_bench:
             cells += [_fmt_num(r['train_img_s'], 1), _fmt_num(r['infer_img_s'], 1),
-                      _fmt_num(r['peak_mem_mb'], 0),
+                      _fmt_num(r['peak_mem_mb'], 0), _fmt_num(r.get('full_run_h'), 1),
                       r['bench_device'] if _present(r['bench_device']) else _DASH]
         c.rows.append([str(x) for x in cells])
     # Best per column.
@@ -166,7 +166,7 @@ def _main_cells(g: GroupTable) -> _Cells:
     if has_bench and len({d for d in df['bench_device'] if _present(d)}) == 1:
         base = heads.index('train img/s')
         for off, col, hib, d in ((0, 'train_img_s', True, 1), (1, 'infer_img_s', True, 1),
-                                 (2, 'peak_mem_mb', False, 0)):
+                                 (2, 'peak_mem_mb', False, 0), (3, 'full_run_h', False, 1)):
             for i in _best_indices(list(df[col]), hib, d):
                 c.bold.add((i, base + off))
     return c
