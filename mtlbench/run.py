@@ -245,9 +245,9 @@ def prepare_config(opts: RunOptions) -> Config:
 def model_identity(model_cfg: Any) -> Dict[str, Any]:
     """What a checkpoint must have been trained as to be resumed into this model: the method
     and its options, the dataset, the tasks, and the backbone / decoder settings (not the
-    pretrained file, which only initialises)."""
+    pretrained file and its recorded source, which only initialise)."""
     plain = as_plain(model_cfg)
-    backbone = {k: v for k, v in (plain.get('backbone') or {}).items() if k != 'pretrained'}
+    backbone = {k: v for k, v in (plain.get('backbone') or {}).items() if k not in ('pretrained', 'pretrained_on')}
     return {'method': plain.get('method'), 'dataset': plain.get('dataset'), 'tasks': plain.get('tasks'),
             'backbone': backbone, 'decoder': plain.get('decoder')}
 
@@ -460,7 +460,7 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
         method=method.name, variant=method.variant(), method_options=as_plain(method.config.to_dict()),
         dataset=model.dataset_name, tasks=tasks, backbone=f'swin-{model.backbone.arch[0]}'
         if model.backbone.arch in ('tiny', 'small', 'base') else f'swin-{model.backbone.arch}',
-        pretrained=model.backbone.pretrained, img_size=list(model.backbone.img_size),
+        pretrained=model.backbone.pretrained, pretrained_on=model.backbone.pretrained_on, img_size=list(model.backbone.img_size),
         eval_protocol=_eval_protocol(cfg, model.backbone.img_size), synthetic=bool(cfg.synthetic), seed=opts.seed,
         git_sha=_git_sha(), checkpoint=cfg.get('report_checkpoint', 'last'),
         epochs=int(cfg.train_cfg.max_epochs), iters=None, metrics=metrics,
