@@ -25,3 +25,6 @@ randomness = dict(seed=0, deterministic=False)
 # Which checkpoint a run reports: the last epoch (the reference picks the best Δm over
 # evaluations on the test split, which leaks it; mtlbench does not).
 report_checkpoint = 'last'
+# The reference's best-Δm pick, recorded apart under the flagged key 'flagged_best_delta_m' (never
+# a leaderboard number; mtlbench/reporting/best_delta_m.py). Off by default.
+record_best_delta_m = False
