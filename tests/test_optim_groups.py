@@ -154,8 +154,8 @@ def test_groups_equal_reference_set_weight_decay():
 @pytest.mark.skipif(not REF, reason='MTLBENCH_MTLORA_REF (a checkout of scale-lab/MTLoRA) not set')
 def test_unused_parameters_are_the_references_ungraphed_ones():
     """What mtlbench declares unused is exactly what the reference leaves without a gradient."""
-    tools = os.path.join(os.path.dirname(__file__), '..', 'tools', 'compare_reference.py')
-    spec = importlib.util.spec_from_file_location('compare_reference', tools)
+    tools = os.path.join(os.path.dirname(__file__), '..', 'tools', 'parity_vs_reference.py')
+    spec = importlib.util.spec_from_file_location('parity_vs_reference', tools)
     cmp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cmp)
     torch.manual_seed(0)
