@@ -54,3 +54,25 @@ def test_bad_values_fail_in_one_line():
         SwinBackbone('toy', (128, 128), window_size=4, pretrained_on='imagenet')
     with pytest.raises(ValueError, match='no pretrained checkpoint is given'):
         resolve_pretrained_on(None, 'in1k')
+
+
+def test_source_splits_tables_and_baselines():
+    """Same file name, declared sources differ: never one table, never each other's baseline;
+    an older record without ``pretrained_on`` reads it from the name."""
+    from test_records import PASCAL_BASE, run_record
+
+    from mtlbench.reporting import comparability as C
+    from mtlbench.reporting.schema import validate_record
+
+    old = run_record()                                     # no pretrained_on: the official 1K name
+    assert C.record_pretrained_on(old) == 'in1k'
+    same = run_record(pretrained_on='in1k')
+    other = run_record(pretrained_on='in22k-ft-in1k')
+    assert C.comparability_key(old) == C.comparability_key(same) != C.comparability_key(other)
+    assert C.comparability_key(other)[5] == 'swin_tiny_patch4_window7_224.pth (in22k-ft-in1k)'
+    baselines = [run_record('single_task', '', values={t: v}, pretrained_on='in22k-ft-in1k')
+                 for t, v in PASCAL_BASE.items()]
+    assert C.compute_delta_m_for_record(other, baselines)[0] is not None
+    value, reason = C.compute_delta_m_for_record(same, baselines)
+    assert value is None and '(in1k)' in reason
+    assert not validate_record(same) and any('pretrained_on' in p for p in validate_record(run_record(pretrained_on='22k')))
