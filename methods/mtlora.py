@@ -10,6 +10,9 @@ this is an independent implementation on mtlbench's stream-major Swin.
 * Task-specific LoRA of rank ``task_r`` on proj, fc1, fc2 of the last block of each stage,
   where the streams fork (:class:`~mtlbench.layers.lowrank.TaskLoRALinear`).
 * Scale 4.0 (plain multiplier), dropout 0.05 on the shared input.
+* The shared LoRA of fc2 in the network's last block feeds only the shared stream, which no
+  output reads: the reference never updates it (grad None); here it is declared
+  ``unused_parameters`` (zero gradient, no weight decay), so it stays at its initial value too.
 * Trainable besides LoRA: patch embedding, LayerNorms, relative-position tables and the
   PatchMerging reductions in full. The ``plus`` variant (MTLoRA+) freezes the reductions and
   puts a shared LoRA of rank ``r`` on them instead.
@@ -79,7 +82,11 @@ class MTLoRA(Method):
     def adapt(self, backbone: nn.Module) -> List[str]:
         c = self.config
         done = []
-        for site in backbone.sites():
+        sites = backbone.sites()
+        # The shared stream leaving the network's last block reaches no output (the decoder reads
+        # the task streams of a forked stage), so the shared update of its fc2 is dead weight.
+        last_fc2 = max((s for s in sites if s.kind == 'fc2'), key=lambda s: (s.stage, s.block)).name
+        for site in sites:
             base = backbone.get_submodule(site.name)
             if site.kind == 'reduction':
                 if c.plus:
@@ -89,7 +96,8 @@ class MTLoRA(Method):
             if site.task_block and site.kind in c.task_kinds:
                 backbone.replace_site(site.name, TaskLoRALinear(
                     base, len(self.tasks), r=c.r if site.kind in c.kinds else 0, task_r=c.task_r, scale=c.scale,
-                    task_scale=c.task_scale, dropout=c.dropout, task_includes_shared=c.task_includes_shared))
+                    task_scale=c.task_scale, dropout=c.dropout, task_includes_shared=c.task_includes_shared,
+                    shared_output_used=site.name != last_fc2))
                 done.append(site.name)
             elif site.kind in c.kinds and c.r > 0:
                 backbone.replace_site(site.name, LoRALinear(base, c.r, c.scale, c.dropout))

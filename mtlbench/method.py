@@ -59,6 +59,12 @@ class MethodModule(nn.Module):
     #: names of this module's own parameters that get no weight decay although they are not 1-D
     #: (the reference stores them 1-D, so its "no decay on 1-D" rule exempts them; mtlbench.optim)
     no_weight_decay: Tuple[str, ...] = ()
+    #: names of this module's own parameters that no model output depends on (e.g. MTLoRA's shared
+    #: update in the network's last fc2, which only feeds the shared stream the decoder ignores).
+    #: The reference leaves them out of its graph (grad None), so its AdamW never touches them;
+    #: here they get a zero gradient (DDP without find_unused_parameters needs one) and
+    #: mtlbench.optim puts them in a group without weight decay, so they never change either.
+    unused_parameters: Tuple[str, ...] = ()
 
     def method_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
         """``(name, param)`` pairs that are the method's own (excluding frozen children)."""

@@ -19,6 +19,12 @@ Options (``optim_wrapper.paramwise_cfg``):
 * ``custom_keys``: mmengine's per-name overrides (``lr_mult``, ``decay_mult``), matched as
   mmengine does (longest key first, substring of the full name); they take precedence.
 
+Parameters a method declares :attr:`~mtlbench.method.MethodModule.unused_parameters` (no output
+depends on them) get no weight decay whatever the rules above say: the reference never builds a
+gradient for them, so its AdamW skips them; here they get an exact zero gradient (kept so DDP
+works without ``find_unused_parameters``), and AdamW with a zero gradient and zero decay leaves
+a value bit-identical. They still count as trainable, as in the reference.
+
 Parameters with equal settings share one group (the reference has two: decayed, not decayed).
 """
 from __future__ import annotations
@@ -33,7 +39,7 @@ from mtlbench.errors import OptionError
 from mtlbench.protocol import register_departure
 from mtlbench.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-__all__ = ['ReferenceOptimWrapperConstructor', 'reference_no_decay', 'method_no_decay_ids']
+__all__ = ['ReferenceOptimWrapperConstructor', 'reference_no_decay', 'method_no_decay_ids', 'method_unused_ids']
 
 REL_POS_KEY = 'relative_position_bias_table'
 
@@ -41,15 +47,24 @@ register_departure('rel-pos-no-decay', 'optim_wrapper.paramwise_cfg.rel_pos_deca
                    doc='relative-position bias tables get less (no) weight decay than the reference applies')
 
 
-def method_no_decay_ids(model: nn.Module) -> Set[int]:
-    """Ids of the parameters that a method module lists in its ``no_weight_decay``."""
+def _listed_ids(model: nn.Module, attr: str) -> Set[int]:
     ids: Set[int] = set()
     for module in model.modules():
-        for name in getattr(module, 'no_weight_decay', ()) or ():
+        for name in getattr(module, attr, ()) or ():
             param = getattr(module, name, None)
             if isinstance(param, nn.Parameter):
                 ids.add(id(param))
     return ids
+
+
+def method_no_decay_ids(model: nn.Module) -> Set[int]:
+    """Ids of the parameters that a method module lists in its ``no_weight_decay``."""
+    return _listed_ids(model, 'no_weight_decay')
+
+
+def method_unused_ids(model: nn.Module) -> Set[int]:
+    """Ids of the parameters that a method module lists in its ``unused_parameters``."""
+    return _listed_ids(model, 'unused_parameters')
 
 
 def reference_no_decay(name: str, param: torch.Tensor) -> bool:
@@ -82,8 +97,11 @@ class ReferenceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if self.base_wd is None:
             raise ValueError('ReferenceOptimWrapperConstructor needs optimizer.weight_decay')
 
-    def param_settings(self, name: str, param: torch.Tensor, exempt: Set[int]) -> Dict[str, Any]:
+    def param_settings(self, name: str, param: torch.Tensor, exempt: Set[int],
+                       unused: Set[int] = frozenset()) -> Dict[str, Any]:
         """``{'lr': ..., 'weight_decay': ...}`` (plus custom-key extras) of one parameter."""
+        if id(param) in unused:   # never changed, as in the reference (module doc)
+            return {'lr': self.base_lr, 'weight_decay': 0.0}
         custom = self.paramwise_cfg.get('custom_keys', {}) or {}
         for key in sorted(sorted(custom), key=len, reverse=True):
             if key in name:
@@ -102,12 +120,12 @@ class ReferenceOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '', **_: Any) -> None:
         """Fill ``params`` with one group per distinct setting, parameters in model order."""
-        exempt = method_no_decay_ids(module)
+        exempt, unused = method_no_decay_ids(module), method_unused_ids(module)
         groups: Dict[tuple, dict] = {}
         for name, param in module.named_parameters(prefix=prefix):
             if not param.requires_grad:
                 continue
-            settings = self.param_settings(name, param, exempt)
+            settings = self.param_settings(name, param, exempt, unused)
             key = tuple(sorted((k, repr(v)) for k, v in settings.items()))
             if key not in groups:
                 groups[key] = dict(settings, params=[])

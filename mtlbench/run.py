@@ -116,6 +116,10 @@ class MetricsCaptureHook(Hook):
 
     def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
         runner.mtl_last_metrics = dict(metrics or {})
+        # every evaluation, for the optional flagged best-Δm extra (mtlbench.reporting.best_delta_m)
+        if not hasattr(runner, 'mtl_eval_history'):
+            runner.mtl_eval_history = []
+        runner.mtl_eval_history.append({'epoch': runner.epoch, 'iter': runner.iter, 'metrics': dict(metrics or {})})
 
 
 def _git_sha() -> Optional[str]:
@@ -264,9 +268,9 @@ def _has_unused_parameters(cfg: Config) -> bool:
 def model_identity(model_cfg: Any) -> Dict[str, Any]:
     """What a checkpoint must have been trained as to be resumed into this model: the method
     and its options, the dataset, the tasks, and the backbone / decoder settings (not the
-    pretrained file, which only initialises)."""
+    pretrained file and its recorded source, which only initialise)."""
     plain = as_plain(model_cfg)
-    backbone = {k: v for k, v in (plain.get('backbone') or {}).items() if k != 'pretrained'}
+    backbone = {k: v for k, v in (plain.get('backbone') or {}).items() if k not in ('pretrained', 'pretrained_on')}
     return {'method': plain.get('method'), 'dataset': plain.get('dataset'), 'tasks': plain.get('tasks'),
             'backbone': backbone, 'decoder': plain.get('decoder')}
 
@@ -415,7 +419,8 @@ def _run_one(opts: RunOptions, cfg: Config, tag: str) -> List[Path]:
     extras = {}
     if getattr(runner, 'mtl_initial_metrics', None):
         extras['initial_metrics'] = nest_metrics(runner.mtl_initial_metrics, model.tasks)
-    return [write_run_record(opts, cfg, model, metrics, wall, extras)]
+    return [write_run_record(opts, cfg, model, metrics, wall, extras,
+                             eval_history=getattr(runner, 'mtl_eval_history', None))]
 
 
 def _evaluate_only(opts: RunOptions, cfg: Config) -> List[Path]:
@@ -468,8 +473,11 @@ def _eval_protocol(cfg: Config, img_size) -> str:
 
 
 def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat_metrics: Dict[str, float],
-                     wall_time_s: float, extras: Optional[Dict[str, Any]] = None) -> Path:
-    """Assemble and atomically write the run record; Δm against existing baseline records."""
+                     wall_time_s: float, extras: Optional[Dict[str, Any]] = None,
+                     eval_history: Optional[List[Dict[str, Any]]] = None) -> Path:
+    """Assemble and atomically write the run record; Δm against existing baseline records.
+    With ``record_best_delta_m`` in the config, the best Δm over ``eval_history`` (every
+    evaluation during training) is added as a flagged extra (:mod:`mtlbench.reporting.best_delta_m`)."""
     from mtlbench.reporting import records
     from mtlbench.reporting.comparability import compute_delta_m_for_record, run_identity
 
@@ -480,7 +488,8 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
         method=method.name, variant=method.variant(), method_options=as_plain(method.config.to_dict()),
         dataset=model.dataset_name, tasks=tasks, backbone=f'swin-{model.backbone.arch[0]}'
         if model.backbone.arch in ('tiny', 'small', 'base') else f'swin-{model.backbone.arch}',
-        pretrained=model.backbone.pretrained, img_size=list(model.backbone.img_size),
+        pretrained=model.backbone.pretrained, pretrained_on=model.backbone.pretrained_on,
+        img_size=list(model.backbone.img_size),
         eval_protocol=_eval_protocol(cfg, model.backbone.img_size), synthetic=bool(cfg.synthetic), seed=opts.seed,
         git_sha=_git_sha(), checkpoint=cfg.get('report_checkpoint', 'last'),
         epochs=int(cfg.train_cfg.max_epochs), iters=None, metrics=metrics,
@@ -496,6 +505,12 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
                   'leaderboard counts only the newest of them', logger='current', level=logging.WARNING)
     value, reason = compute_delta_m_for_record(rec, existing + [rec])
     rec['delta_m'], rec['delta_m_reason'] = value, reason
+    if cfg.get('record_best_delta_m', False):
+        from mtlbench.reporting.best_delta_m import FLAGGED_KEY, flagged_best_delta_m
+        history = [dict(e, metrics=nest_metrics(e['metrics'], tasks)) for e in (eval_history or [])]
+        extra = flagged_best_delta_m(rec, history, existing + [rec])
+        if extra is not None:
+            rec[FLAGGED_KEY] = extra
     path = records.write_record(rec, opts.results_dir)
     logger = MMLogger.get_current_instance()
     prim = ', '.join(f'{t} {rec["primary"][t]["metric"]}={rec["primary"][t]["value"]:.4g}' for t in tasks)

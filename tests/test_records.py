@@ -272,7 +272,7 @@ def test_pretrained_key():
     assert C.pretrained_key('/a/b/swin.pth') == C.pretrained_key('C:\\x\\swin.pth') == 'swin.pth'
     assert C.comparability_key(run_record()) == (
         'pascal_context', False, 'swin-t', (448, 448), 'resized-448',
-        'swin_tiny_patch4_window7_224.pth', 'unknown')  # no protocol recorded: 'unknown'
+        'swin_tiny_patch4_window7_224.pth (in1k)', 'unknown')  # no protocol recorded: 'unknown'
 
 
 def test_uncomputable_metric_is_recorded_as_null(tmp_path):

@@ -77,7 +77,13 @@ def test_single_task_baselines_give_delta_m(pascal_root, tmp_path):
     assert run_cli(['run', '--method', 'single_task', '--work-dir', str(tmp_path / 'st')] + common) == 0
     recs = read_records(tmp_path / 'runs')
     assert sorted(r['tasks'][0] for r in recs) == ['sal', 'semseg']
-    assert run_cli(['run', '--method', 'full_ft', '--work-dir', str(tmp_path / 'ft')] + common) == 0
+    assert run_cli(['run', '--method', 'full_ft', '--work-dir', str(tmp_path / 'ft')] + common
+                   + ['record_best_delta_m=True']) == 0
     ft = [r for r in read_records(tmp_path / 'runs') if r['method'] == 'full_ft'][0]
     base = {r['tasks'][0]: r['primary'][r['tasks'][0]]['value'] for r in recs}
     assert ft['delta_m'] == pytest.approx(delta_m(_primary(ft), base, ft['tasks']))
+    assert ft['pretrained_on'] == 'none' and all(r['pretrained_on'] == 'none' for r in recs)
+    # the reference's best-Δm pick, flagged apart: one evaluation, so it is the last one
+    best = ft['flagged_best_delta_m']
+    assert (best['evaluations'], best['epoch']) == (1, 1) and 'not a leaderboard number' in best['flag']
+    assert best['delta_m'] == pytest.approx(ft['delta_m']) and best['metrics'] == ft['metrics']

@@ -489,10 +489,11 @@ def train_steps(args) -> int:
             param_rel[name] = (q.detach() - ref_params[name]).abs().max().item() / \
                 max(ref_params[name].abs().max().item(), 1e-300)
     # Parameters outside the reference's graph get no update at all there (grad None: AdamW
-    # skips them, weight decay included); mtlbench computes the same unused value with a zero
-    # gradient, so AdamW still decays them. They never change an output: reported apart.
+    # skips them, weight decay included). mtlbench gives them a zero gradient and, as the method
+    # declares them unused_parameters, no weight decay (mtlbench/optim.py): they must not move
+    # either. Counted with the others, and named.
     unused = set(map_reference_to_ours({n: torch.zeros(1) for n in never_in_graph}))
-    unused_rel = {n: param_rel.pop(n) for n in sorted(unused) if n in param_rel}
+    unused_rel = {n: param_rel[n] for n in sorted(unused) if n in param_rel}
     ranked = sorted(param_rel.items(), key=lambda kv: -kv[1])
     param_worst, param_name = ranked[0][1], ranked[0][0]
     buf_ref = map_reference_to_ours({n: b for n, b in ref.named_buffers()})
@@ -511,8 +512,8 @@ def train_steps(args) -> int:
     print('  next worst: ' + ', '.join(f'{n} {v:.1e}' for n, v in ranked[1:5]) +
           f'; {sum(v > 1e-6 for v in param_rel.values())} of {len(param_rel)} tensors above 1e-6')
     if unused_rel:
-        print(f'  not in the reference\'s graph (grad None, never updated there; mtlbench gets a zero gradient and '
-              'AdamW decays them; no output depends on them), not counted above: ' +
+        print(f'  not in the reference\'s graph (grad None, never updated there; no output depends on them; mtlbench: '
+              'zero gradient, no weight decay), counted above: ' +
               ', '.join(f'{n} {v:.1e}' for n, v in unused_rel.items()))
     ok = all(math.isfinite(v) for v in worst.values()) and worst['lr'] <= 1e-12 and worst['loss'] <= 1e-6 and param_worst <= 1e-6 and mapped_trainable == our_trainable
     print(f'  {"OK" if ok else "TARGETS MISSED"}')

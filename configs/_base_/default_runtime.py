@@ -34,3 +34,7 @@ report_checkpoint = 'last'
 eval_amp = False   # evaluate under the training AMP dtype (the reference evaluates in fp32)
 tf32 = False       # fp32 matmuls / convolutions on CUDA in TF32
 sync_bn = None     # 'torch': SyncBatchNorm across DDP ranks (the reference keeps per-rank BN)
+
+# The reference's best-Δm pick, recorded apart under the flagged key 'flagged_best_delta_m' (never
+# a leaderboard number; mtlbench/reporting/best_delta_m.py). Off by default.
+record_best_delta_m = False

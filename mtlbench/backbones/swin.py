@@ -39,6 +39,7 @@ from mmengine.logging import print_log
 from timm.layers import Mlp, PatchEmbed, to_2tuple, trunc_normal_
 from torch import nn
 
+from mtlbench.backbones.pretraining import resolve_pretrained_on
 from mtlbench.errors import InputNotFoundError, OptionError, UserError
 from mtlbench.backbones.streams import StreamDropPath
 from mtlbench.registry import MODELS
@@ -381,6 +382,9 @@ class SwinBackbone(nn.Module):
         drop_path_rate: stochastic depth, linear over all blocks (0.2 in the reference).
         pretrained: local checkpoint path (official Swin ``.pth`` or timm format) or ``None``
             for random init (a warning is logged).
+        pretrained_on: the checkpoint's pretraining data, ``'in1k'``, ``'in22k'``,
+            ``'in22k-ft-in1k'`` or ``'unknown'``; inferred from the file when not given
+            (:mod:`mtlbench.backbones.pretraining`), kept as :attr:`pretrained_on` for the run record.
 
     Example:
         >>> backbone = dict(type='SwinBackbone', arch='tiny', img_size=(448, 448),
@@ -389,8 +393,9 @@ class SwinBackbone(nn.Module):
 
     def __init__(self, arch: str = 'tiny', img_size: Sequence[int] = (448, 448), patch_size: int = 4,
                  window_size: int = 7, mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
-                 pretrained: Optional[str] = None) -> None:
+                 pretrained: Optional[str] = None, pretrained_on: Optional[str] = None) -> None:
         super().__init__()
+        resolve_pretrained_on(pretrained, pretrained_on)   # a bad value fails before the build
         if arch not in SWIN_ARCHS:
             raise OptionError(f'unknown Swin arch {arch!r}; valid: {sorted(SWIN_ARCHS)}')
         spec = SWIN_ARCHS[arch]
@@ -421,8 +426,10 @@ class SwinBackbone(nn.Module):
         self.prompt_embed: Optional[nn.Module] = None
         self.apply(self._init_weights)
         self.pretrained = pretrained
+        self.pretrained_on = resolve_pretrained_on(pretrained, pretrained_on)
         if pretrained:
-            load_pretrained(self, pretrained)
+            loaded = load_pretrained(self, pretrained)
+            self.pretrained_on = resolve_pretrained_on(pretrained, pretrained_on, loaded['head_classes'])
         else:
             print_log('SwinBackbone: no pretrained checkpoint given; the backbone is randomly initialised '
                       '(numbers will not be comparable to papers).', logger='current', level=logging.WARNING)
@@ -528,7 +535,8 @@ def load_pretrained(backbone: SwinBackbone, path: str, max_missing_fraction: flo
             would stay random (wrong architecture).
 
     Returns:
-        ``dict(missing=[...], unexpected=[...], mismatched=[...])``.
+        ``dict(missing=[...], unexpected=[...], mismatched=[...], head_classes=N or None)``
+        (``head_classes``: rows of the checkpoint's classifier, which tell an ImageNet-22K model).
     """
     from timm.models.swin_transformer import checkpoint_filter_fn
 
@@ -557,6 +565,8 @@ def load_pretrained(backbone: SwinBackbone, path: str, max_missing_fraction: flo
     if not_tensors:
         raise PretrainedLoadError(f'{path}: a state dict holds tensors only; {len(not_tensors)} value(s) are not, '
                                   f'first {not_tensors[:3]}')
+    head = state.get('head.weight', state.get('head.fc.weight'))
+    head_classes = int(head.shape[0]) if torch.is_tensor(head) and head.ndim == 2 else None
     state = checkpoint_filter_fn(state, backbone)
     own = backbone.state_dict()
     usable, mismatched = {}, []
@@ -585,4 +595,4 @@ def load_pretrained(backbone: SwinBackbone, path: str, max_missing_fraction: flo
         print_log(f'load_pretrained({path}): missing {missing[:10]}, unexpected {unexpected[:10]}, '
                   f'mismatched {mismatched[:5]}', logger='current', level=logging.WARNING)
     print_log(f'SwinBackbone: loaded {len(usable)} tensors from {path}', logger='current')
-    return dict(missing=missing, unexpected=unexpected, mismatched=mismatched)
+    return dict(missing=missing, unexpected=unexpected, mismatched=mismatched, head_classes=head_classes)

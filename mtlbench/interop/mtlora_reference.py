@@ -1,5 +1,7 @@
 """Checkpoints of the MTLoRA code base (scale-lab/MTLoRA @ 333a375, and DiTASK, which is built on
-it: the fork Malygossssss/DiTASK @ 1ef40ae) in mtlbench's MTLoRA / DiTASK models.
+it: the fork Malygossssss/DiTASK @ 1ef40ae) in mtlbench's MTLoRA / DiTASK models. TADFormer's
+release saves the same way; its key mapping is :mod:`~mtlbench.interop.tadformer_reference`, which
+:func:`import_reference_state` hands a TADFormer state to.
 
 The reference's ``main.py`` saves (``utils.save_checkpoint``) a dict with the model's state dict
 under ``'model'``, its optimizer / scheduler / scaler states, ``'epoch'``, ``'max_accuracy'``
@@ -97,21 +99,24 @@ def describe_reference(ckpt: Mapping[str, Any]) -> str:
     cfg = ckpt.get('config')
     parts = []
     try:
-        section = cfg['MODEL'][kind.upper()]
+        section = cfg['MODEL']['TADMTL' if kind == 'tadformer' else kind.upper()]
         per_task = section.get('R_PER_TASK') or {}
         shared = _first_int(per_task.get('shared', section['R']))
         ranks = {_first_int(per_task[t]) for t in cfg['TASKS'] if t in per_task}
         task = ranks.pop() if len(ranks) == 1 else '?'
-        parts.append(f'r={shared}, task_r={task}' if kind == 'mtlora' else f'cells={shared}/{task}')
+        parts.append({'mtlora': f'r={shared}, task_r={task}', 'tadformer': f'r={shared}'}.get(
+            kind, f'cells={shared}/{task}'))
         if section.get('DOWNSAMPLER_ENABLED'):
             parts.append('plus')
         parts.append('tasks ' + '/'.join(cfg['TASKS']))
     except (TypeError, KeyError, IndexError, AttributeError):
         state = ckpt.get('model', {})
         a = next((v for k, v in state.items() if k.endswith('lora_shared_A')), None)
-        tasks = sorted({k.rsplit('.', 1)[1] for k in state if '.lora_tasks_A.' in k})
+        tasks = sorted({k.rsplit('.', 1)[1] for k in state if '.lora_tasks_A.' in k}
+                       | {k.split('.lora_filter.')[1].split('.')[0] for k in state if k.endswith('.conv2d.weight')
+                          and '.lora_filter.' in k})
         if a is not None and a.dim() == 2:
-            parts.append(f'r={a.shape[0]}' if kind == 'mtlora' else f'cells={a.shape[1] + 1}')
+            parts.append(f'r={a.shape[0]}' if kind in ('mtlora', 'tadformer') else f'cells={a.shape[1] + 1}')
         if tasks:
             parts.append('tasks ' + '/'.join(tasks))
     title = f'{_TITLE[kind]} reference checkpoint'
@@ -206,9 +211,15 @@ def mtlbench_to_reference(state: Mapping[str, torch.Tensor], tasks: Sequence[str
 
 
 def reference_method(ckpt_or_state: Mapping[str, Any]) -> str:
-    """``'mtlora'`` or ``'ditask'``: from the config's ``MODEL.DITASK.ENABLED`` when there is one,
-    else from the tensors (MTLoRA has ``lora_shared_B``, DiTASK only thetas ``lora_shared_A``)."""
+    """``'mtlora'``, ``'ditask'`` or ``'tadformer'``: TADFormer's release by its task prompts
+    (:mod:`~mtlbench.interop.tadformer_reference`); else from the config's
+    ``MODEL.DITASK.ENABLED`` when there is one, else from the tensors (MTLoRA has
+    ``lora_shared_B``, DiTASK only thetas ``lora_shared_A``)."""
+    from mtlbench.interop.tadformer_reference import is_tadformer_state
+
     cfg = ckpt_or_state.get('config') if 'model' in ckpt_or_state else None
+    if is_tadformer_state(ckpt_or_state.get('model', ckpt_or_state) if 'model' in ckpt_or_state else ckpt_or_state):
+        return 'tadformer'
     try:
         if cfg['MODEL']['DITASK']['ENABLED']:
             return 'ditask'
@@ -249,6 +260,9 @@ def import_reference_state(model: torch.nn.Module, ref_state: Mapping[str, torch
     kind = reference_method(state)
     if method is not None and method.name != kind:
         raise ReferenceCheckpointError(f'{source} holds {_TITLE[kind]} weights; this run builds {model_name}')
+    if kind == 'tadformer':
+        from mtlbench.interop.tadformer_reference import import_tadformer_state
+        return import_tadformer_state(model, state, source, model_name)
     mapped = reference_to_mtlbench(state, list(model.tasks), kind)
     own = model.state_dict()
     if kind == 'ditask':
@@ -259,12 +273,19 @@ def import_reference_state(model: torch.nn.Module, ref_state: Mapping[str, torch
     model.load_state_dict(mapped, strict=True)
 
 
-_TITLE = {'mtlora': 'MTLoRA', 'ditask': 'DiTASK'}
+_TITLE = {'mtlora': 'MTLoRA', 'ditask': 'DiTASK', 'tadformer': 'TADFormer'}
 
 
 def export_reference_checkpoint(model: torch.nn.Module, path: str) -> Dict[str, torch.Tensor]:
-    """Write mtlbench's MTLoRA (or DiTASK) weights as a reference-format checkpoint (``{'model': state}``),
-    loadable by the reference's ``main.py --eval --resume PATH``. Returns the state written."""
+    """Write mtlbench's MTLoRA (DiTASK, TADFormer) weights as a reference-format checkpoint
+    (``{'model': state}``), loadable by the reference's ``main.py --eval --resume PATH``. Returns
+    the state written."""
+    if model.method.name == 'tadformer':
+        from mtlbench.interop.tadformer_reference import mtlbench_to_tadformer
+        state = mtlbench_to_tadformer({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                      list(model.tasks))
+        torch.save({'model': state}, path)
+        return state
     state = mtlbench_to_reference({k: v.detach().cpu() for k, v in model.state_dict().items()}, list(model.tasks),
                                   model.method.name)
     torch.save({'model': state}, path)

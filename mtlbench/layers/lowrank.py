@@ -120,12 +120,17 @@ class TaskLoRALinear(AdapterLayer):
         dropout: dropout on the shared input.
         task_includes_shared: add the shared update to task outputs too (MTLoRA's
             ``matrixv2`` mode; off in the reference configs).
+        shared_output_used: False where the shared output stream feeds no model output (fc2 of
+            the network's last block): the shared factors are then declared
+            :attr:`~mtlbench.method.MethodModule.unused_parameters` (still computed and trainable,
+            as in the reference, which counts them but never updates them).
 
     Shapes: input ``[S, ..., in]`` with ``S`` in ``{1, 1 + T}``, output ``[1 + T, ..., out]``.
     """
 
     def __init__(self, base_layer: nn.Linear, num_tasks: int, r: int, task_r: int, scale: float = 4.0,
-                 task_scale: float = 4.0, dropout: float = 0.0, task_includes_shared: bool = False) -> None:
+                 task_scale: float = 4.0, dropout: float = 0.0, task_includes_shared: bool = False,
+                 shared_output_used: bool = True) -> None:
         super().__init__(base_layer)
         if task_r <= 0:
             raise ValueError(f'task rank must be positive, got {task_r}')
@@ -138,6 +143,8 @@ class TaskLoRALinear(AdapterLayer):
             self.lora_A = nn.Parameter(torch.empty(r, self.in_features))
             self.lora_B = nn.Parameter(torch.empty(self.out_features, r))
             lora_init_(self.lora_A, self.lora_B)
+            if not shared_output_used and not task_includes_shared:
+                self.unused_parameters = ('lora_A', 'lora_B')
         self.lora_task_A = nn.Parameter(torch.empty(num_tasks, task_r, self.in_features))
         self.lora_task_B = nn.Parameter(torch.empty(num_tasks, self.out_features, task_r))
         lora_init_(self.lora_task_A, self.lora_task_B)

@@ -9,6 +9,11 @@ Not in the task brief, chosen here:
   Δm); a record written before protocols were recorded has protocol ``'unknown'``.
 - Baseline matching compares checkpoints by their file name (``pretrained_key``), not their
   full path, so the same weights on two machines still match; null matches only null.
+- The pretraining source (ImageNet-1K / 22K / 22K then 1K, the record's ``pretrained_on``) is
+  part of the checkpoint's identity (:func:`pretrained_identity`, e.g.
+  ``swin_tiny_patch4_window7_224_22k.pth (in22k)``), so a table and its Δm baseline never mix
+  sources, and the table title shows it. Records written before it was recorded read it from the
+  file name (:mod:`mtlbench.backbones.pretraining`), ``unknown`` if the name does not say.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from mtlbench.reporting.schema import BASELINE_METHOD, UNKNOWN_PROTOCOL, _is_finite_number
 
 __all__ = [
-    'ANY', 'pretrained_key', 'record_protocol', 'comparability_key', 'run_identity',
+    'ANY', 'pretrained_key', 'record_pretrained_on', 'pretrained_identity', 'record_protocol', 'comparability_key', 'run_identity',
     'newest_per_identity', 'collect_baseline', 'find_baseline', 'compute_delta_m_for_record',
 ]
 
@@ -42,17 +47,44 @@ def pretrained_key(pretrained: Optional[str]) -> str:
     return re.split(r'[\\/]', str(pretrained).rstrip('/\\'))[-1]
 
 
+def record_pretrained_on(record: Mapping) -> str:
+    """The record's pretraining source: its ``pretrained_on``, else read from the checkpoint's
+    file name, else ``'unknown'``; ``'none'`` for random init."""
+    from mtlbench.backbones.pretraining import pretrained_on_from_name
+
+    if pretrained_key(record.get('pretrained')) == 'random init':
+        return 'none'
+    return record.get('pretrained_on') or pretrained_on_from_name(str(record['pretrained'])) or 'unknown'
+
+
+_IDENTITY = re.compile(r' \((in1k|in22k|in22k-ft-in1k|unknown)\)$')
+
+
+def pretrained_identity(record: Mapping) -> str:
+    """``'<file name> (<source>)'``, or ``'random init'``: the checkpoint part of the
+    comparability key."""
+    key = pretrained_key(record.get('pretrained'))
+    return key if key == 'random init' else f'{key} ({record_pretrained_on(record)})'
+
+
+def _as_identity(pretrained: Any) -> str:
+    """A :func:`pretrained_identity` string as is; a path (or None) as a record of it would read."""
+    if isinstance(pretrained, str) and _IDENTITY.search(pretrained):
+        return pretrained
+    return pretrained_identity({'pretrained': pretrained})
+
+
 def record_protocol(record: Mapping) -> str:
     """The record's training protocol; ``'unknown'`` for records written before it was recorded."""
     return record.get('protocol') or UNKNOWN_PROTOCOL
 
 
 def comparability_key(record: Mapping) -> tuple:
-    """``(dataset, synthetic, backbone, (H, W), eval_protocol, pretrained_key, protocol)``:
+    """``(dataset, synthetic, backbone, (H, W), eval_protocol, pretrained_identity, protocol)``:
     records with different keys are never compared (neither in one table nor for Δm)."""
     return (record['dataset'], bool(record['synthetic']), record['backbone'],
             tuple(record['img_size']), record['eval_protocol'],
-            pretrained_key(record.get('pretrained')), record_protocol(record))
+            pretrained_identity(record), record_protocol(record))
 
 
 def run_identity(record: Mapping) -> tuple:
@@ -92,15 +124,16 @@ def collect_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
         records: run records (other kinds are ignored).
         dataset, backbone, img_size, eval_protocol, synthetic: keys to match.
         tasks: tasks to collect.
-        pretrained: a checkpoint path/tag or None to match by :func:`pretrained_key`;
-            ``ANY`` (default) matches every checkpoint.
+        pretrained: a :func:`pretrained_identity` string, or a checkpoint path/tag or None
+            (its source then read from the name), matched by identity; ``ANY`` (default)
+            matches every checkpoint.
         protocol: training protocol to match (:func:`record_protocol`); ``ANY`` (default)
             matches every protocol.
 
     Returns:
         dict: task -> list of matching records scoring that task (possibly empty).
     """
-    want_pre = None if pretrained is ANY else pretrained_key(pretrained)
+    want_pre = None if pretrained is ANY else _as_identity(pretrained)
     size = tuple(img_size)
     out: Dict[str, List[Mapping]] = {t: [] for t in tasks}
     for rec in records:
@@ -111,7 +144,7 @@ def collect_baseline(records: Iterable[Mapping], dataset: str, backbone: str,
                 or rec.get('eval_protocol') != eval_protocol
                 or bool(rec.get('synthetic')) != bool(synthetic)):
             continue
-        if want_pre is not None and pretrained_key(rec.get('pretrained')) != want_pre:
+        if want_pre is not None and pretrained_identity(rec) != want_pre:
             continue
         if protocol is not ANY and record_protocol(rec) != protocol:
             continue
@@ -128,7 +161,7 @@ def _describe_keys(dataset, backbone, img_size, eval_protocol, synthetic, pretra
     text = f'{dataset}, {backbone}, {size}, {eval_protocol}, ' \
            f'{"synthetic" if synthetic else "real"} data'
     if pretrained is not ANY:
-        text += f', {pretrained_key(pretrained)}'
+        text += f', {_as_identity(pretrained)}'
     if protocol is not ANY:
         text += f', protocol {protocol}'
     return text
@@ -178,7 +211,7 @@ def compute_delta_m_for_record(record: Mapping, all_records: Iterable[Mapping],
     """Δm (%) of one run record against the matching single-task baseline records.
 
     The baseline must share dataset, backbone, input size, eval protocol, synthetic flag,
-    pretrained checkpoint (by file name) and training protocol with ``record``.
+    pretrained checkpoint (file name and pretraining source) and training protocol with ``record``.
 
     Args:
         record (dict): a valid run record.
@@ -190,7 +223,7 @@ def compute_delta_m_for_record(record: Mapping, all_records: Iterable[Mapping],
     tasks = list(record['tasks'])
     baseline, reason = find_baseline(
         newest_per_identity(all_records)[0], record['dataset'], record['backbone'], record['img_size'],
-        record['eval_protocol'], record['synthetic'], tasks, pretrained=record.get('pretrained'),
+        record['eval_protocol'], record['synthetic'], tasks, pretrained=pretrained_identity(record),
         protocol=record_protocol(record))
     if baseline is None:
         return None, reason

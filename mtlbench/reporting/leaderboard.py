@@ -24,8 +24,10 @@ Rules the tables follow (``/work/shared/reference/metrics.md``):
   for methods that have both.
 
 Not in the brief, chosen here:
-- The pretrained checkpoint (by file name) and the task set are part of the comparability key:
-  a random-init run or a 2-task run is not comparable to a pretrained 4-task run.
+- The pretrained checkpoint (by file name, with its pretraining source: ImageNet-1K / 22K) and
+  the task set are part of the comparability key: a random-init run or a 2-task run is not
+  comparable to a pretrained 4-task run, nor a 22K-pretrained run to a 1K one (tables and their
+  Δm baselines never mix them; the title shows the source).
 - A ``single_task`` row's parameter counts are the sum over its per-task models (the papers
   print 112.62M for four single-task models), averaged over seeds per model.
 - Throughput/memory columns are bolded only when every bench number in the table comes from

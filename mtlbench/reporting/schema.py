@@ -25,6 +25,9 @@ dataset            str                 ``pascal_context`` / ``nyudv2``
 tasks              list[str]           tasks trained and scored, dataset order
 backbone           str                 ``'swin-t'``
 pretrained         str | null          checkpoint path or tag; null means random init
+pretrained_on      str                 its pretraining data: ``in1k``, ``in22k``, ``in22k-ft-in1k``,
+                                       ``unknown``, ``none`` (random init); absent in older
+                                       records, which read it from the file name
 img_size           [int, int]          ``[H, W]`` of the network input
 eval_protocol      str                 ``'resized-448'`` or ``'original-resolution'``
 protocol           str                 training protocol: ``'reference'`` (the MTLoRA reference
@@ -100,6 +103,7 @@ RUN_FIELDS: Dict[str, Tuple[tuple, bool]] = {
     'tasks': ((list,), False),
     'backbone': ((str,), False),
     'pretrained': ((str,), True),
+    'pretrained_on': ((str,), False),
     'img_size': ((list,), False),
     'eval_protocol': ((str,), False),
     'synthetic': ((bool,), False),
@@ -123,7 +127,7 @@ RUN_FIELDS: Dict[str, Tuple[tuple, bool]] = {
     'departures': ((list,), False),
 }
 # Fields that may be absent (treated as null; a missing protocol reads as 'unknown').
-_OPTIONAL_RUN_FIELDS = {'rank_history', 'protocol', 'departures'}
+_OPTIONAL_RUN_FIELDS = {'rank_history', 'protocol', 'departures', 'pretrained_on'}
 
 BENCH_FIELDS: Dict[str, Tuple[tuple, bool]] = {
     'schema_version': ((int,), False),
@@ -212,6 +216,10 @@ def _validate_run(rec: Mapping) -> List[str]:
     proto = rec.get('eval_protocol')
     if proto is not None and proto not in EVAL_PROTOCOLS and not re.fullmatch(r'resized-\d+(x\d+)?', str(proto)):
         problems.append(f'eval_protocol {proto!r} is neither one of {EVAL_PROTOCOLS} nor resized-<size>')
+    if isinstance(rec.get('pretrained_on'), str):
+        from mtlbench.backbones.pretraining import PRETRAINING_SOURCES
+        if rec['pretrained_on'] not in PRETRAINING_SOURCES:
+            problems.append(f"pretrained_on {rec['pretrained_on']!r} not in {PRETRAINING_SOURCES}")
     if rec.get('checkpoint') is not None and rec.get('checkpoint') not in CHECKPOINTS:
         problems.append(f'checkpoint {rec.get("checkpoint")!r} not in {CHECKPOINTS}')
     if isinstance(rec.get('protocol'), str) and isinstance(rec.get('departures'), list):

@@ -15,6 +15,10 @@ model = dict(
         # Local path to swin_tiny_patch4_window7_224.pth (official) or a timm checkpoint;
         # None = random init (a warning is logged). Set with --pretrained.
         pretrained=None,
+        # What it was pretrained on, recorded in the run record: 'in1k', 'in22k', 'in22k-ft-in1k'
+        # or 'unknown'; None = inferred from the official file names or a 22K classifier
+        # (mtlbench/backbones/pretraining.py).
+        pretrained_on=None,
     ),
     decoder=dict(channels=(18, 36, 72, 144)),
     loss_weights=None,  # None = reference weights (mtlbench.tasks)
