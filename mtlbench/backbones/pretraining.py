@@ -23,6 +23,8 @@ from typing import Optional
 
 from mmengine.logging import print_log
 
+from mtlbench.errors import OptionError
+
 __all__ = ['PRETRAINING_SOURCES', 'IN22K_CLASSES', 'pretrained_on_from_name', 'resolve_pretrained_on']
 
 #: recorded values: ImageNet-1K, ImageNet-22K, 22K fine-tuned on 1K, not known, random init
@@ -61,14 +63,14 @@ def resolve_pretrained_on(pretrained: Optional[str], given: Optional[str] = None
         head_classes: rows of the checkpoint's classifier, if it has one.
 
     Raises:
-        ValueError: ``given`` is not one of :data:`PRETRAINING_SOURCES`, or names a source
+        OptionError: ``given`` is not one of :data:`PRETRAINING_SOURCES`, or names a source
             for a randomly initialised backbone.
     """
     if given is not None and given not in PRETRAINING_SOURCES:
-        raise ValueError(f'model.backbone.pretrained_on={given!r}; valid: {", ".join(PRETRAINING_SOURCES)}')
+        raise OptionError(f'model.backbone.pretrained_on={given!r}; valid: {", ".join(PRETRAINING_SOURCES)}')
     if not pretrained:
         if given not in (None, 'none'):
-            raise ValueError(f'model.backbone.pretrained_on={given!r} but no pretrained checkpoint is given')
+            raise OptionError(f'model.backbone.pretrained_on={given!r} but no pretrained checkpoint is given')
         return 'none'
     from_name = pretrained_on_from_name(pretrained)
     if given is not None:
