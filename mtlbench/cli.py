@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--compile', action='store_true')
     b.add_argument('--merged', action='store_true', help='inference with shared adapters folded in')
     b.add_argument('--img-size', type=int, nargs=2, default=(448, 448), metavar=('H', 'W'))
-    b.add_argument('--arch', default='tiny')
+    b.add_argument('--arch', default='tiny', help='backbone: swin-t, swin-s, swin-b (or tiny, small, base, toy)')
     b.add_argument('--iters', type=int, default=10)
     b.add_argument('--warmup', type=int, default=3)
     b.add_argument('--out', default='results/bench')
