@@ -4,10 +4,7 @@ as the reference's ``main.py`` prints after its freezing, and the same outputs f
 weights. Needs a checkout of scale-lab/MTLoRA in ``MTLBENCH_MTLORA_REF``; skipped without it."""
 from __future__ import annotations
 
-import contextlib
-import importlib
 import importlib.util
-import io
 import os
 from pathlib import Path
 
@@ -15,7 +12,6 @@ import pytest
 import torch
 
 import mtlbench.methods  # noqa: F401
-from mtlbench.backbones.swin import canonical_arch
 from mtlbench.interop import import_reference_state
 from mtlbench.params import build_model_from_config
 
@@ -26,22 +22,11 @@ pytestmark = [pytest.mark.skipif(not REF_DIR, reason='MTLBENCH_MTLORA_REF (a che
 
 
 def _tool():
-    path = Path(__file__).resolve().parents[1] / 'tools' / 'compare_reference.py'
-    spec = importlib.util.spec_from_file_location('compare_reference', path)
+    path = Path(__file__).resolve().parents[1] / 'tools' / 'parity_vs_reference.py'
+    spec = importlib.util.spec_from_file_location('parity_vs_reference', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _reference_trainable(ref, plus: bool) -> int:
-    """What the reference's ``main.py`` prints as "Number of trainable params": its
-    ``mark_only_lora_as_trainable`` on the backbone with the config defaults (reductions frozen
-    under MTLoRA+), decoder fully trainable."""
-    lora = importlib.import_module('models.lora')
-    with contextlib.redirect_stdout(io.StringIO()):
-        lora.mark_only_lora_as_trainable(ref.backbone, bias='none', freeze_patch_embed=False, freeze_norm=False,
-                                         free_relative_bias=False, freeze_downsample_reduction=plus)
-    return sum(p.numel() for p in ref.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize('plus', [False, True], ids=['mtlora', 'mtlora-plus'])
@@ -51,8 +36,9 @@ def test_trainable_count_equals_the_reference(arch, plus):
     Swin), ours as ``mtlbench run --method mtlora --cfg-options model.backbone.arch=...`` builds it.
     224 input: every stage keeps the 7x7 window of 448, so the counts are those at 448."""
     torch.manual_seed(0)
-    ref = _tool().build_reference(REF_DIR, 64, 4, 224, plus, arch=canonical_arch(arch))
-    want = _reference_trainable(ref, plus)
+    tool = _tool()
+    ref = tool.build_reference(REF_DIR, 64, 4, 224, plus, arch=arch)
+    want = tool.reference_trainable_count(ref, plus)  # what the reference's main.py prints
     del ref
     ours = build_model_from_config('mtlora', 'pascal_context', cfg_options={
         'model.backbone.arch': arch, 'model.backbone.img_size': (224, 224), 'model.method.plus': plus})
