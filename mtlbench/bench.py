@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from mmengine.logging import MMLogger
 
+from mtlbench.backbones.swin import backbone_label
 from mtlbench.engine.device import device_name, prepare_device
 from mtlbench.model import compile_model
 from mtlbench.progress import format_duration
@@ -183,7 +184,8 @@ def bench(opts: BenchOptions) -> Path:
         train_img_s=opts.batch_size / train['median'], infer_img_s=opts.batch_size / infer['median'],
         peak_mem_mb=round(max(train_peak, infer_peak), 1), train_peak_mem_mb=round(train_peak, 1),
         infer_peak_mem_mb=round(infer_peak, 1), flops_per_img=flops, train_step_s=train, infer_step_s=infer,
-        compile=opts.compile, merged=opts.merged, merged_modules=len(merged), arch=opts.arch,
+        compile=opts.compile, merged=opts.merged, merged_modules=len(merged), arch=model.backbone.arch,
+        backbone=backbone_label(model.backbone.arch),
         tasks=list(model.tasks), params=model.param_breakdown(), torch_version=torch.__version__,
         full_run=full_run, **evaluation,
         notes='synthetic tensors; peak memory is the CUDA allocator peak on GPU, process max RSS on CPU')

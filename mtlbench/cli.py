@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--eval', action='store_true',
                    help='also time evaluation (forward + metric scoring) and scoring alone, per image')
     b.add_argument('--img-size', type=int, nargs=2, default=(448, 448), metavar=('H', 'W'), help='input size')
-    b.add_argument('--arch', default='tiny', help='Swin size (tiny, small, base; toy for tests)')
+    b.add_argument('--arch', default='tiny', help='backbone: swin-t, swin-s, swin-b (or tiny, small, base, toy)')
     b.add_argument('--iters', type=int, default=10, help='timed iterations (the median is reported)')
     b.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
     b.add_argument('--out', default='results/bench', help='folder for the bench record (JSON)')

@@ -31,6 +31,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger, print_log
 
+from mtlbench.backbones.swin import backbone_label
 from mtlbench.config import as_plain, find_config, inner_dataset, load_config, resolve
 from mtlbench.errors import InputNotFoundError, OptionError, UserError
 from mtlbench.protocol import departures, protocol_label, register_departure
@@ -486,8 +487,7 @@ def write_run_record(opts: RunOptions, cfg: Config, model: torch.nn.Module, flat
     metrics = nest_metrics(flat_metrics, tasks)
     rec = records.make_run_record(
         method=method.name, variant=method.variant(), method_options=as_plain(method.config.to_dict()),
-        dataset=model.dataset_name, tasks=tasks, backbone=f'swin-{model.backbone.arch[0]}'
-        if model.backbone.arch in ('tiny', 'small', 'base') else f'swin-{model.backbone.arch}',
+        dataset=model.dataset_name, tasks=tasks, backbone=backbone_label(model.backbone.arch),
         pretrained=model.backbone.pretrained, pretrained_on=model.backbone.pretrained_on,
         img_size=list(model.backbone.img_size),
         eval_protocol=_eval_protocol(cfg, model.backbone.img_size), synthetic=bool(cfg.synthetic), seed=opts.seed,

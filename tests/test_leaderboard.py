@@ -218,6 +218,31 @@ def test_bench_columns_and_device():
     assert 'full run (h)' in text and '12.3' in text
 
 
+
+def test_backbone_sizes_are_separate_groups_with_their_own_baselines_and_bench():
+    """Swin-B rows are never ranked with Swin-T rows, take their Δm from Swin-B single-task
+    records only, and get the speed of the Swin-B bench record (``backbone``, or older records'
+    ``arch``)."""
+    swin_b = dict(backbone='swin-b', pretrained='swin_base_patch4_window7_224_22k.pth')
+    b_base = {t: v + 1.0 for t, v in PASCAL_BASE.items()}
+    runs = baselines() + two_seed_mtlora() + \
+        [rec('single_task', '', 0, {t: v}, **swin_b) for t, v in b_base.items()] + \
+        [rec('mtlora', 'r=64', 0, MTLORA, **swin_b)]
+
+    def bench(train_img_s, **over):
+        return {'schema_version': 1, 'kind': 'bench', 'bench_id': f'b{train_img_s}', 'method': 'mtlora',
+                'variant': 'r=64', 'dataset': 'pascal_context', 'device': 'cpu', 'batch_size': 1,
+                'img_size': [448, 448], 'amp': False, 'train_img_s': train_img_s, 'infer_img_s': 1.0,
+                'peak_mem_mb': 1.0, 'flops_per_img': 1.0, 'created': '2026-01-01T00:00:00+00:00', **over}
+    res = L.build_leaderboard(runs, bench_records=[bench(3.0, arch='tiny'), bench(1.0, arch='base', backbone='swin-b')],
+                              known_methods=KNOWN)
+    by_backbone = {t.key['backbone']: t for t in res.tables}
+    assert set(by_backbone) == {'swin-t', 'swin-b'}
+    r_b, r_t = row(by_backbone['swin-b'], 'mtlora', 'r=64'), row(by_backbone['swin-t'], 'mtlora', 'r=64')
+    assert r_b['n_max'] == 1 and r_t['n_max'] == 2
+    assert r_b['delta_m'] == pytest.approx(delta_m(MTLORA, b_base, list(PASCAL_BASE)))
+    assert r_b['train_img_s'] == 1.0 and r_t['train_img_s'] == 3.0
+
 # --------------------------------------------------------------------------- reported rows
 
 EXPECTED_FLAGS = {

@@ -11,6 +11,11 @@ gradients of every parameter both models have, in float64.
 
     python tools/parity_vs_reference.py --method mtlora --reference-dir ~/src/MTLoRA [--r 64] [--img-size 448] [--grads]
 
+``--arch swin-s|swin-b`` builds both on the larger Swin (the reference's Swin class takes embed
+dim, depths and heads; the decoder keeps its 18/36/72/144 channels). For MTLoRA the trainable
+parameter count the reference's ``main.py`` prints (after its ``mark_only_lora_as_trainable``) is
+printed beside mtlbench's and must be equal.
+
 ``--train-steps K`` trains both for K iterations on CPU in float64 from the same initial weights:
 the reference with its own optimizer builder (``optimizer.py``), lr scheduler
 (``lr_scheduler.py``), loss module (``mtl_loss_schemes.py``, weights of ``main.py``) and loss
@@ -83,11 +88,11 @@ def build_reference(reference_dir: str, r: int, task_r: int, img_size: int, plus
                     drop_path_rate: float = 0.2, dropout: float = 0.05):
     """The reference's ``MultiTaskSwin`` with MTLoRA, built as its ``models/build.py`` does for
     ``mtlora_tiny_448_r64_scale4_pertask`` (other ranks, arch and sizes as given; ``arch`` is one
-    of mtlbench's ``SWIN_ARCHS``, e.g. ``'toy'`` for fast CPU tests)."""
-    from mtlbench.backbones.swin import SWIN_ARCHS
+    of mtlbench's ``SWIN_ARCHS`` or its alias, e.g. ``'swin-b'``, or ``'toy'`` for fast CPU tests)."""
+    from mtlbench.backbones.swin import SWIN_ARCHS, canonical_arch
 
     swin, mtl = _import_reference(reference_dir)
-    dims = SWIN_ARCHS[arch]
+    dims = SWIN_ARCHS[canonical_arch(arch)]
     ranks = {'shared': r, **{t: task_r for t in tasks}}
     mtlora = _Cfg(ENABLED=True, QKV_ENABLED=True, PROJ_ENABLED=True, FC1_ENABLED=True, FC2_ENABLED=True,
                   DOWNSAMPLER_ENABLED=plus, R_PER_TASK_LIST=[ranks] * 4, SHARED_SCALE=[4.0] * 4,
@@ -128,6 +133,19 @@ def reference_optimizer(reference_dir: str, ref_model, lr: float, weight_decay: 
                                      free_relative_bias=False,
                                      freeze_downsample_reduction=plus)
     return optimizer
+
+
+def reference_trainable_count(ref_model, plus: bool) -> int:
+    """What the reference's ``main.py`` prints as "Number of trainable params": its
+    ``mark_only_lora_as_trainable`` on the backbone with the config's defaults (reductions frozen
+    under MTLoRA+, ``DOWNSAMPLER_ENABLED``), every decoder parameter trainable."""
+    import contextlib
+    import io
+    lora = importlib.import_module('models.lora')
+    with contextlib.redirect_stdout(io.StringIO()):  # the reference prints its freezing choices
+        lora.mark_only_lora_as_trainable(ref_model.backbone, bias='none', freeze_patch_embed=False, freeze_norm=False,
+                                         free_relative_bias=False, freeze_downsample_reduction=plus)
+    return sum(q.numel() for q in ref_model.parameters() if q.requires_grad)
 
 
 def reference_weight_decay(reference_dir: str, ref_model, weight_decay: float):
@@ -177,7 +195,7 @@ def build_reference_ditask(reference_dir: str, num_cells: int, task_num_cells: i
     grids with this toolchain (see tests/test_method_ditask.py); the release ran the CUDA kernel,
     which implements the same closed form."""
     import difw
-    from mtlbench.backbones.swin import SWIN_ARCHS
+    from mtlbench.backbones.swin import SWIN_ARCHS, canonical_arch
 
     if not getattr(difw.Cpab, '_mtlbench_cpu', False):
         gpu_cpab = difw.Cpab
@@ -191,7 +209,7 @@ def build_reference_ditask(reference_dir: str, num_cells: int, task_num_cells: i
                 self.params.use_slow = True
         difw.Cpab = CpuCpab
     swin, mtl = _import_reference(reference_dir, 'swin_transformer_ditask')
-    dims = SWIN_ARCHS[arch]
+    dims = SWIN_ARCHS[canonical_arch(arch)]
     ranks = {'shared': num_cells, **{t: task_num_cells for t in tasks}}
     ditask = _Cfg(ENABLED=True, QKV_ENABLED=True, PROJ_ENABLED=True, FC1_ENABLED=True, FC2_ENABLED=True,
                   DOWNSAMPLER_ENABLED=False, R_PER_TASK_LIST=[ranks] * 4, SHARED_SCALE=[1.0] * 4,
@@ -220,6 +238,8 @@ def main(argv=None) -> int:
     p.add_argument('--task-r', type=int, default=4)
     p.add_argument('--plus', action='store_true')
     p.add_argument('--img-size', type=int, default=448)
+    p.add_argument('--arch', default='swin-t', help='swin-t, swin-s, swin-b (or toy, with --window-size 4)')
+    p.add_argument('--window-size', type=int, default=7)
     p.add_argument('--batch-size', type=int, default=2)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--grads', action='store_true',
@@ -241,9 +261,11 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     if args.method == 'ditask':
-        ref = build_reference_ditask(args.reference_dir, args.r, args.task_r, args.img_size).eval()
+        ref = build_reference_ditask(args.reference_dir, args.r, args.task_r, args.img_size, arch=args.arch,
+                                     window_size=args.window_size).eval()
     else:
-        ref = build_reference(args.reference_dir, args.r, args.task_r, args.img_size, args.plus).eval()
+        ref = build_reference(args.reference_dir, args.r, args.task_r, args.img_size, args.plus, arch=args.arch,
+                              window_size=args.window_size).eval()
     with torch.no_grad():  # non-zero B so that every adapter contributes
         for n, prm in ref.named_parameters():
             if 'lora_' in n and ('_B' in n):
@@ -254,9 +276,11 @@ def main(argv=None) -> int:
             elif n.endswith('running_var'):
                 buf.uniform_(0.5, 1.5)
     if args.method == 'ditask':
-        ours = build_ours_ditask(args.r, args.task_r, args.img_size).eval()
+        ours = build_ours_ditask(args.r, args.task_r, args.img_size, arch=args.arch,
+                                 window_size=args.window_size).eval()
     else:
-        ours = build_ours(args.r, args.task_r, args.img_size, args.plus).eval()
+        ours = build_ours(args.r, args.task_r, args.img_size, args.plus, arch=args.arch,
+                          window_size=args.window_size).eval()
     from mtlbench.interop import ReferenceCheckpointError, import_reference_state
     try:  # strict: every reference tensor used, every mtlbench tensor filled, shapes equal
         import_reference_state(ours, ref.state_dict(), source='reference model')
@@ -269,8 +293,15 @@ def main(argv=None) -> int:
         out_ours = ours(x)
     label = f'DiTASK cells={args.r}/{args.task_r}' if args.method == 'ditask' else \
         f'MTLoRA r={args.r} task_r={args.task_r} plus={args.plus}'
-    print(f'{label} img={args.img_size} batch={args.batch_size}')
-    print(f'  mtlbench trainable params: {ours.param_breakdown()["total_trainable"]:,}')
+    print(f'{label} {args.arch} img={args.img_size} window={args.window_size} batch={args.batch_size}')
+    ours_count = ours.param_breakdown()["total_trainable"]
+    print(f'  mtlbench trainable params: {ours_count:,}')
+    counts_ok = True
+    if args.method == 'mtlora':
+        ref_count = reference_trainable_count(ref, args.plus)
+        counts_ok = ref_count == ours_count
+        print(f'  reference trainable params (main.py, after mark_only_lora_as_trainable): {ref_count:,}  '
+              f'({"EQUAL" if counts_ok else "DIFFERENT"})')
     worst = 0.0
     for t in TASKS:
         diff = (out_ref[t] - out_ours[t]).abs().max().item()
@@ -278,7 +309,7 @@ def main(argv=None) -> int:
         worst = max(worst, diff)
         print(f'  {t:12s} max |ref - mtlbench| = {diff:.3e}   (max |ref| = {scale:.3e})')
     print(f'  worst: {worst:.3e}  ({"OK" if worst < 1e-4 else "ABOVE 1e-4"})')
-    ok = worst < 1e-4
+    ok = worst < 1e-4 and counts_ok
     if args.grads:
         ok = _compare_grads(ref, ours, x) and ok
     return 0 if ok else 1

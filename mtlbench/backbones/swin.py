@@ -13,7 +13,7 @@ What differs from a plain Swin, and why:
   fork the shared stream into ``1 + T`` streams; everything after (norms, MLP, PatchMerging)
   runs on all streams at once. Only the shared stream continues into the next stage.
 * **Features after PatchMerging.** As in the reference, the four maps sent to the decoder are
-  taken after each stage's PatchMerging: 192/384/768/768 channels at strides 8/16/32/32 (the
+  taken after each stage's PatchMerging: 2C/4C/8C/8C channels (192/384/768/768 for Swin-T) at strides 8/16/32/32 (the
   last stage has no merging). In timm's layout PatchMerging sits at the *start* of stages 1-3,
   so stage ``i``'s feature is the output of ``layers[i + 1].downsample``.
 * **Sites.** :meth:`SwinBackbone.sites` lists every adaptable linear with its metadata (stage,
@@ -45,8 +45,11 @@ from mtlbench.backbones.streams import StreamDropPath
 from mtlbench.registry import MODELS
 
 __all__ = ['Site', 'WindowAttention', 'SwinBlock', 'PatchMerging', 'SwinStage', 'SwinBackbone',
-           'SWIN_ARCHS', 'load_pretrained', 'PretrainedLoadError']
+           'SWIN_ARCHS', 'SWIN_ARCH_ALIASES', 'canonical_arch', 'backbone_label', 'load_pretrained',
+           'PretrainedLoadError']
 
+# Swin-T/S/B as in Liu et al. 2021, Table 1 (and the official configs/swin/*.yaml, timm's
+# swin_{tiny,small,base}_patch4_window7_224): the decoder's input widths follow embed_dim.
 SWIN_ARCHS: Dict[str, dict] = {
     'tiny': dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
     'small': dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
@@ -54,6 +57,25 @@ SWIN_ARCHS: Dict[str, dict] = {
     # Not a real Swin: a 4-stage toy with the same topology for fast CPU tests.
     'toy': dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)),
 }
+#: ``model.backbone.arch`` also takes the names run records and leaderboards print.
+SWIN_ARCH_ALIASES: Dict[str, str] = {'swin-t': 'tiny', 'swin-s': 'small', 'swin-b': 'base'}
+
+
+def canonical_arch(arch: str) -> str:
+    """``'swin-b'`` or ``'base'`` -> ``'base'`` (the :data:`SWIN_ARCHS` key); one-line error otherwise."""
+    name = SWIN_ARCH_ALIASES.get(arch, arch)
+    if name not in SWIN_ARCHS:
+        valid = sorted(SWIN_ARCH_ALIASES) + sorted(SWIN_ARCHS)
+        raise OptionError(f'unknown Swin arch {arch!r}; valid: {valid}')
+    return name
+
+
+def backbone_label(arch: str) -> str:
+    """The ``backbone`` of run records and leaderboard groups: ``'base'`` -> ``'swin-b'``,
+    ``'toy'`` -> ``'swin-toy'``."""
+    name = canonical_arch(arch)
+    labels = {v: k for k, v in SWIN_ARCH_ALIASES.items()}
+    return labels.get(name, f'swin-{name}')
 
 
 @dataclass(frozen=True)
@@ -374,7 +396,8 @@ class SwinBackbone(nn.Module):
     """Swin backbone returning per-stream multi-scale features.
 
     Args:
-        arch: one of :data:`SWIN_ARCHS` (``'tiny'`` is Swin-T).
+        arch: one of :data:`SWIN_ARCHS` (``'tiny'`` is Swin-T) or its :data:`SWIN_ARCH_ALIASES` name
+            (``'swin-t'``, ``'swin-s'``, ``'swin-b'``).
         img_size: input ``(H, W)``; 448x448 in the reference.
         patch_size: patch side.
         window_size: attention window side.
@@ -396,8 +419,7 @@ class SwinBackbone(nn.Module):
                  pretrained: Optional[str] = None, pretrained_on: Optional[str] = None) -> None:
         super().__init__()
         resolve_pretrained_on(pretrained, pretrained_on)   # a bad value fails before the build
-        if arch not in SWIN_ARCHS:
-            raise OptionError(f'unknown Swin arch {arch!r}; valid: {sorted(SWIN_ARCHS)}')
+        arch = canonical_arch(arch)
         spec = SWIN_ARCHS[arch]
         self.arch = arch
         self.img_size = to_2tuple(img_size)

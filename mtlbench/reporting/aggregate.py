@@ -47,18 +47,26 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
     return float(arr.mean()), std, int(arr.size)
 
 
-def _bench_backbone(arch: Optional[str]) -> Optional[str]:
-    """Backbone label of a bench record's ``arch`` (``'tiny'`` -> ``'swin-t'``), as run records name it."""
+def _bench_backbone(bench_record: Mapping) -> Optional[str]:
+    """Backbone label of a bench record (``backbone``, or older records' ``arch``: ``'tiny'`` ->
+    ``'swin-t'``), as run records name it."""
+    from mtlbench.backbones.swin import backbone_label
+    if bench_record.get('backbone'):
+        return bench_record['backbone']
+    arch = bench_record.get('arch')
     if arch is None:
         return None
-    return {'tiny': 'swin-t', 'small': 'swin-s', 'base': 'swin-b'}.get(arch, f'swin-{arch}')
+    try:
+        return backbone_label(arch)
+    except ValueError:
+        return f'swin-{arch}'
 
 
 def _bench_for(bench: Sequence[Mapping], method: str, variant: str, dataset: str,
                img_size: Sequence[int], backbone: Optional[str] = None) -> Optional[Mapping]:
     cands = [b for b in bench if b.get('method') == method and b.get('variant') == variant
              and b.get('dataset') == dataset
-             and (backbone is None or b.get('arch') is None or _bench_backbone(b.get('arch')) == backbone)]
+             and (backbone is None or _bench_backbone(b) in (None, backbone))]
     if not cands:
         return None
     same = [b for b in cands if tuple(b.get('img_size') or ()) == tuple(img_size)]

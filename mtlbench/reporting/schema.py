@@ -61,7 +61,9 @@ Bench record, schema version 1: ``schema_version``, ``kind: 'bench'``, ``bench_i
 ``method``, ``variant``, ``dataset``, ``device``, ``batch_size``, ``img_size``, ``amp``
 (bool or dtype name), ``train_img_s``, ``infer_img_s``, ``peak_mem_mb``, ``flops_per_img``
 (each number or null), ``created``; optional ``tasks``, ``method_options``, ``params``,
-``git_sha``, ``torch_version``, ``notes`` and any further keys.
+``git_sha``, ``torch_version``, ``notes``, ``arch`` (the ``SWIN_ARCHS`` key) and ``backbone`` (as
+run records label it, ``'swin-b'``; leaderboards match bench and run records on it) and any
+further keys.
 
 Not in the task brief, chosen here:
 - Non-finite floats are written as ``null`` (strict JSON), so a run whose metric could not be
