@@ -758,6 +758,33 @@ def test_tspd_identity_zero_filter_and_consensus():
     assert not hasattr(SpectralScale(1, 4, (8, 10)), 'faar_alpha_low')
 
 
+def test_tspd_channel_shared_filter_against_numpy():
+    """tspd_filter_channels='shared': one filter per task and resolution ([T, 1, H, W//2+1]),
+    applied to every channel alike; checked on a channel-constant input against numpy's FFT."""
+    import numpy as np
+    T, B, C, H, W = 2, 2, 5, 6, 9
+    shared = SpectralScale(T, C, (H, W), complex_filter=True, xtcons=False, shared_channels=True)
+    per_channel = SpectralScale(T, C, (H, W), complex_filter=True, xtcons=False)
+    assert tuple(shared.faar_filter.shape) == (T, 1, H, W // 2 + 1, 2)
+    assert shared.faar_filter.numel() * C == per_channel.faar_filter.numel()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        shared.faar_filter.copy_(torch.randn(shared.faar_filter.shape, generator=g))
+    x = torch.randn(T, B, 1, H, W, generator=g).expand(T, B, C, H, W).contiguous()  # the same map in every channel
+    out = shared(x).detach().numpy()
+    K = shared.faar_filter.detach().numpy()
+    for t in range(T):
+        k = K[t, 0, ..., 0] + 1j * K[t, 0, ..., 1]
+        expected = np.fft.irfft2(np.fft.rfft2(x[t, :, 0].numpy(), norm='ortho') * k, s=(H, W), norm='ortho')
+        for c in range(C):
+            np.testing.assert_allclose(out[t, :, c], expected, rtol=1e-4, atol=1e-5)
+    # the config option reaches the decoder; the per-channel filter stays the default
+    _, decoder, _ = build(dict(r=2, task_r=2, tspd_filter_channels='shared'))
+    assert all(s.faar_filter.shape[1] == 1 for s in decoder.tspd.scales)
+    _, decoder, _ = build(dict(r=2, task_r=2))
+    assert [s.faar_filter.shape[1] for s in decoder.tspd.scales] == [18, 36, 72, 144]
+
+
 def test_low_frequency_mask():
     m = low_frequency_mask((8, 8), 0.25)
     assert m.shape == (8, 5) and m[0, 0] == 1 and m[2, 0] == 1 and m[0, 2] == 1 and m[2, 1] == 0 and m[4, 4] == 0
