@@ -103,7 +103,9 @@ def test_adapt_sites_and_frozen_reductions():
         if site.kind == 'reduction':
             assert isinstance(mod, nn.Linear) and not mod.weight.requires_grad
         elif site.task_block:
-            assert isinstance(mod, FAARTaskLinear) and len(mod.faar_units) == 4 and mod.shared == 'frozen'
+            # the shared stream keeps a shared adapter (MTLoRA's layout), except in the final block
+            assert isinstance(mod, FAARTaskLinear) and len(mod.faar_units) == 4
+            assert mod.shared == ('frozen' if site.stage == 3 else 'adapter')
             assert [u.task for u in mod.faar_units] == list(PASCAL)
         else:
             # rank 64, capped at min(in, out) on the narrow toy backbone
@@ -113,10 +115,8 @@ def test_adapt_sites_and_frozen_reductions():
     assert isinstance(decoder, TSPDDecoder) and isinstance(decoder, MultiTaskDecoder)
     assert [tuple(s.size) for s in decoder.tspd.scales] == [(28, 28), (14, 14), (7, 7), (7, 7)]
     assert isinstance(method.runner_hooks()[0], PDRSHook)
-    # 'adapter': the shared stream of task blocks gets a shared unit, except in the final block
-    backbone, _, _ = build(dict(task_block_shared='adapter', tspd=False))
-    assert backbone.get_submodule('layers.0.blocks.1.attn.qkv').shared == 'adapter'
-    assert backbone.get_submodule('layers.3.blocks.1.attn.qkv').shared == 'frozen'
+    backbone, _, _ = build(dict(task_block_shared='frozen', tspd=False))
+    assert backbone.get_submodule('layers.0.blocks.1.attn.qkv').shared == 'frozen'
 
 
 # --------------------------------------------------------------------------- parameter counts
@@ -135,29 +135,39 @@ def skip_weight_init(monkeypatch):
 def test_param_counts_pascal_initial_rank_and_rank5(skip_weight_init):
     backbone, decoder, _ = build({}, PASCAL, arch='tiny', size=448)
     counts = param_breakdown(backbone, decoder)
-    # shared: sum over non-last blocks of 16 C r + 9 C (C = 96, 192, 5 x 384, 768); per task in the
-    # last blocks: 16 C r + 9 C (C = 96, 192, 384, 768); DoRA adds the magnitudes (9 C per block).
-    assert counts['adapter'] == (16 * 2976 * 64 + 9 * 2976) + 4 * (16 * 1440 * 64 + 9 * 1440) == 9_024_288
+    # shared: every linear of the non-last blocks, 16 C r + 9 C per block (C = 96, 192, 5 x 384,
+    # 768: sum 2976), and of the shared stream of the last blocks of stages 1-3 (C = 96, 192, 384);
+    # per task, every linear of the last blocks (C = 96, 192, 384, 768: sum 1440). 16 C = the
+    # in + out widths of qkv, proj, fc1, fc2; 9 C = the DoRA magnitudes (their out widths).
+    shared_c, task_c = 2976 + 672, 1440
+    assert counts['adapter'] == (16 * shared_c * 64 + 9 * shared_c) + 4 * (16 * task_c * 64 + 9 * task_c)
     # patch embed 4,896 + LayerNorms 23,040 + rel-pos tables 23,322; reductions frozen
     assert counts['backbone_other'] == 51_258
     tspd = sum(p.numel() for p in decoder.tspd.parameters())
     # complex filters 2 x C x H x (W/2+1) per task at 18@56, 36@28, 72@14, 144@14, + scale/shift + 2 alphas
     assert tspd == 4 * (2 * (18 * 56 * 29 + 36 * 28 * 15 + 72 * 14 * 8 + 144 * 14 * 8) + 2 * 270 + 8) == 550_544
-    assert counts['decoder'] == 1_946_624 + tspd
-    assert counts['total_trainable'] == 11_572_714
-    # every adapter at rank 5 (the paper's final average rank is ~5)
+    assert counts['decoder'] == 1_946_624 + tspd  # the reference decoder (shared/reference/mtlora.md) + TS-PD
+    # every adapter at rank 5, the paper's final average rank: the paper's 3.38M within 2%
     truncate_ranks(backbone, 5)
     counts = param_breakdown(backbone, decoder)
-    assert counts['adapter'] == 777_504
-    assert counts['total_trainable'] == 3_325_930
-    assert abs(counts['total_trainable'] - 3.38e6) / 3.38e6 < 0.02  # paper: 3.38M at average rank ~5
+    assert counts['adapter'] == 16 * (shared_c + 4 * task_c) * 5 + 9 * (shared_c + 4 * task_c)
+    assert abs(counts['total_trainable'] - 3.38e6) / 3.38e6 < 0.02
 
 
-def test_param_count_nyud_rank5(skip_weight_init):
+def test_param_count_nyud_rank5_and_channel_shared_filter(skip_weight_init):
+    """NYUDv2 at rank 5 is within 7% of the paper's 2.85M and below it (a documented departure:
+    the paper's NYUDv2 counts do not follow the pipeline's per-task costs, see the package
+    docstring); channel-shared TS-PD filters cannot reach the paper's 3.38M at rank 5, which is
+    why the per-channel filter is the default."""
     backbone, decoder, _ = build({}, NYUD, arch='tiny', size=448, dataset='nyudv2')
     truncate_ranks(backbone, 5)
-    counts = param_breakdown(backbone, decoder)
-    assert counts['total_trainable'] == 2_595_098  # paper 2.85M (its ranks differ; reported after training)
+    total = param_breakdown(backbone, decoder)['total_trainable']
+    assert -0.07 < (total - 2.85e6) / 2.85e6 < 0
+    backbone, decoder, _ = build(dict(tspd_filter_channels='shared'), PASCAL, arch='tiny', size=448)
+    truncate_ranks(backbone, 5)
+    assert sum(p.numel() for n, p in decoder.tspd.named_parameters() if 'filter' in n) == \
+        4 * 2 * (56 * 29 + 28 * 15 + 14 * 8 + 14 * 8)  # one complex filter per task and resolution
+    assert param_breakdown(backbone, decoder)['total_trainable'] < 0.9 * 3.38e6
 
 
 # --------------------------------------------------------------------------- DoRA
@@ -746,6 +756,33 @@ def test_tspd_identity_zero_filter_and_consensus():
         assert torch.allclose(cons(x)[t], expected.detach(), atol=1e-5)
     # a single task: no consensus parameters
     assert not hasattr(SpectralScale(1, 4, (8, 10)), 'faar_alpha_low')
+
+
+def test_tspd_channel_shared_filter_against_numpy():
+    """tspd_filter_channels='shared': one filter per task and resolution ([T, 1, H, W//2+1]),
+    applied to every channel alike; checked on a channel-constant input against numpy's FFT."""
+    import numpy as np
+    T, B, C, H, W = 2, 2, 5, 6, 9
+    shared = SpectralScale(T, C, (H, W), complex_filter=True, xtcons=False, shared_channels=True)
+    per_channel = SpectralScale(T, C, (H, W), complex_filter=True, xtcons=False)
+    assert tuple(shared.faar_filter.shape) == (T, 1, H, W // 2 + 1, 2)
+    assert shared.faar_filter.numel() * C == per_channel.faar_filter.numel()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        shared.faar_filter.copy_(torch.randn(shared.faar_filter.shape, generator=g))
+    x = torch.randn(T, B, 1, H, W, generator=g).expand(T, B, C, H, W).contiguous()  # the same map in every channel
+    out = shared(x).detach().numpy()
+    K = shared.faar_filter.detach().numpy()
+    for t in range(T):
+        k = K[t, 0, ..., 0] + 1j * K[t, 0, ..., 1]
+        expected = np.fft.irfft2(np.fft.rfft2(x[t, :, 0].numpy(), norm='ortho') * k, s=(H, W), norm='ortho')
+        for c in range(C):
+            np.testing.assert_allclose(out[t, :, c], expected, rtol=1e-4, atol=1e-5)
+    # the config option reaches the decoder; the per-channel filter stays the default
+    _, decoder, _ = build(dict(r=2, task_r=2, tspd_filter_channels='shared'))
+    assert all(s.faar_filter.shape[1] == 1 for s in decoder.tspd.scales)
+    _, decoder, _ = build(dict(r=2, task_r=2))
+    assert [s.faar_filter.shape[1] for s in decoder.tspd.scales] == [18, 36, 72, 144]
 
 
 def test_low_frequency_mask():

@@ -34,6 +34,9 @@ def test_every_method_trains_on_synthetic_pascal(method, pascal_root, tmp_path):
     assert rec['method'] == method and rec['dataset'] == 'pascal_context'
     assert rec['synthetic'] is False  # a --data-root dataset is treated as real; the loader cannot tell
     assert rec['params']['total_trainable'] > 0
+    if method == 'free_sinewich':  # the sine regime at the trained magnitudes is logged (issue 13)
+        reg = rec['sine_regime']
+        assert reg['max_abs_arg'] > 0 and -1 <= reg['mean_task_cosine'] <= 1 and len(reg['layers']) == 8
     if method == 'single_task':  # a baseline record is its own baseline
         assert rec['delta_m'] == 0.0
     else:

@@ -36,7 +36,7 @@ class FAARConfig(MethodConfig):
         'help': 'linears with a shared adapter (non-last blocks; in last blocks those not in task_kinds)'})
     task_kinds: Tuple[str, ...] = field(default=LINEAR_KINDS, metadata={
         'help': 'linears of each stage\'s last block with one adapter per task (the task streams fork at the first)'})
-    task_block_shared: str = field(default='frozen', metadata={
+    task_block_shared: str = field(default='adapter', metadata={
         'help': "shared stream of a task-adapted linear: 'frozen' (W x + b) or 'adapter' (its own shared adapter)"})
     # -------------------------------------------------------------------- PDRS
     pdrs: bool = field(default=True, metadata={'help': 'score and prune rank components (PDRS)'})
@@ -81,7 +81,10 @@ class FAARConfig(MethodConfig):
     tspd_position: str = field(default='after_downsampler', metadata={
         'help': "where TS-PD acts: 'after_downsampler' (18/36/72/144 ch) or 'before_downsampler' (backbone maps)"})
     tspd_filter: str = field(default='complex', metadata={
-        'help': "learnable spectral filter per task, channel and frequency: 'complex' or 'real'"})
+        'help': "values of the learnable spectral filter: 'complex' or 'real'"})
+    tspd_filter_channels: str = field(default='per_channel', metadata={
+        'help': "'shared': one spectral filter per task and resolution for all channels (the paper's indexing); "
+                "'per_channel': one per task, resolution and channel"})
     xtcons_radius: float = field(default=0.25, metadata={
         'help': 'radius of the low-frequency mask in cycles per sample (0 .. 0.5*sqrt(2)); high = 1 - low'})
     # The paper's 3.38M is only reachable with the PatchMerging reductions frozen.
@@ -104,7 +107,8 @@ class FAARConfig(MethodConfig):
                        score_inactive=('keep', 'zero'), keep_order=('index', 'score'),
                        prune_rule=('gain', 'coverage'), score_norm=('active_mean', 'none'),
                        prune_stop=('stable', 'loss', 'stable-or-loss', 'never'),
-                       tspd_position=('after_downsampler', 'before_downsampler'), tspd_filter=('complex', 'real'))
+                       tspd_position=('after_downsampler', 'before_downsampler'), tspd_filter=('complex', 'real'),
+                       tspd_filter_channels=('shared', 'per_channel'))
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f'faar: {name}={getattr(self, name)!r}; valid: {list(valid)}')

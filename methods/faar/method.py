@@ -40,6 +40,8 @@ class FAAR(Method):
             parts.append('pdrs' if c.gain_threshold == 0.25 else f'pdrs gain={c.gain_threshold}')
         if c.tspd:
             parts.append('ts-pd' if c.xtcons else 'ts-pd w/o xt-cons')
+            if c.tspd_filter_channels == 'shared':
+                parts.append('channel-shared filter')
         return ' '.join(parts)
 
     def _unit_kw(self, rho: float) -> Dict[str, Any]:
@@ -91,7 +93,8 @@ class FAAR(Method):
             print_log('faar: adapt_decoder before adapt(); assuming feature strides 8/16/32/32',
                       logger='current', level=logging.WARNING)
         return TSPDDecoder(decoder, sizes, channels, position=c.tspd_position,
-                           complex_filter=c.tspd_filter == 'complex', xtcons=c.xtcons, radius=c.xtcons_radius)
+                           complex_filter=c.tspd_filter == 'complex', xtcons=c.xtcons, radius=c.xtcons_radius,
+                           shared_channels=c.tspd_filter_channels == 'shared')
 
     def runner_hooks(self) -> List[Any]:
         c = self.config

@@ -2,9 +2,10 @@
 
 Per task ``t`` and per resolution (the four decoder scales):
 
-* **CW-SP** (per-channel spectral filtering): ``Y_t = gamma_t * iFFT(K_t . FFT(X_t)) + beta_t``,
-  with a learnable 2-D filter ``K_t [C, H, W//2+1]`` (one per channel and frequency of the
-  real FFT), and a learnable per-channel scale ``gamma_t`` and shift ``beta_t``.
+* **CW-SP** (channel-wise spectral processing): ``Y_t = gamma_t * iFFT(K_t . FFT(X_t)) + beta_t``,
+  with a learnable 2-D filter ``K_t [H, W//2+1]`` over the frequencies of the real FFT, applied
+  to every channel alike (``shared_channels=True``) or ``K_t [C, H, W//2+1]`` (one per channel),
+  and a learnable per-channel scale ``gamma_t`` and shift ``beta_t``.
 * **XT-Cons** (cross-task consensus): ``F_t = FFT(Y_t)``, ``F_avg = mean_{s != t} F_s``,
   ``Delta_t = F_avg - F_t``, and
   ``Z_t = Y_t + iFFT(alpha_low_t M_low . Delta_t + alpha_high_t M_high . Delta_t)``
@@ -20,10 +21,16 @@ Not in paper (chosen, and a config option where it changes the model):
 * Placement: between each task's channel downsampler and its head
   (``tspd_position='after_downsampler'``, 18/36/72/144 channels); ``'before_downsampler'``
   filters the 192/384/768/768-channel backbone maps instead (far more parameters).
-* The filter is complex (``tspd_filter='complex'``, as in global filter networks), one value per
-  task, channel and rFFT frequency; ``'real'`` halves it. With complex filters after the
-  downsampler and every adapter at rank 5 the PASCAL model has 3,325,930 trainable parameters
-  (paper: 3.38M).
+* The filter is complex (``tspd_filter='complex'``, as in global filter networks); ``'real'``
+  halves it.
+* One filter per task, resolution and channel (``tspd_filter_channels='per_channel'``,
+  ``K_t [C, H, W//2+1]``; 548,352 filter parameters on PASCAL after the downsampler). The paper
+  indexes the filter by task and resolution only, which ``'shared'`` reads literally
+  (``K_t [H, W//2+1]`` broadcast over the channels, which then differ only through ``gamma`` /
+  ``beta``; 18,144 filter parameters on PASCAL). The default follows the paper's count: at its
+  average rank of about 5, 3.38M is reached with per-channel filters (3,385,738) and missed by
+  15.5% with shared ones (2,855,530); the counts of every layout are in the package docstring
+  and ``results/faar_layouts.md``.
 * ``gamma`` / ``beta`` are per channel; ``alpha_low`` / ``alpha_high`` are scalars per task
   and resolution.
 * XT-Cons runs on the CW-SP outputs of all tasks (the consensus of the other tasks' filtered
@@ -64,20 +71,24 @@ class SpectralScale(nn.Module):
         complex_filter: complex (``True``) or real filter values.
         xtcons: add the cross-task consensus (only with ``T > 1``).
         radius: low-frequency mask radius (cycles/sample).
+        shared_channels: one filter per task for all channels (``[T, 1, H, W//2+1]``) instead of
+            one per channel (``[T, C, H, W//2+1]``).
     """
 
     def __init__(self, num_tasks: int, channels: int, size: Tuple[int, int], complex_filter: bool = True,
-                 xtcons: bool = True, radius: float = 0.25) -> None:
+                 xtcons: bool = True, radius: float = 0.25, shared_channels: bool = False) -> None:
         super().__init__()
         self.num_tasks, self.channels, self.size = num_tasks, channels, tuple(size)
         H, W = self.size
         Wf = W // 2 + 1
         self.complex_filter = complex_filter
+        self.shared_channels = bool(shared_channels)
+        fc = 1 if self.shared_channels else channels  # broadcast over the channels when shared
         if complex_filter:
-            filt = torch.zeros(num_tasks, channels, H, Wf, 2)
+            filt = torch.zeros(num_tasks, fc, H, Wf, 2)
             filt[..., 0] = 1.0
         else:
-            filt = torch.ones(num_tasks, channels, H, Wf)
+            filt = torch.ones(num_tasks, fc, H, Wf)
         self.faar_filter = nn.Parameter(filt)
         self.faar_scale = nn.Parameter(torch.ones(num_tasks, channels))
         self.faar_shift = nn.Parameter(torch.zeros(num_tasks, channels))
@@ -89,7 +100,7 @@ class SpectralScale(nn.Module):
         self.register_buffer('low_mask', low_frequency_mask(self.size, radius), persistent=False)
 
     def filter(self) -> torch.Tensor:
-        """Complex (or real) filter ``[T, C, H, W//2+1]``."""
+        """Complex (or real) filter ``[T, C or 1, H, W//2+1]``."""
         f = self.faar_filter.float()
         return torch.view_as_complex(f.contiguous()) if self.complex_filter else f
 
@@ -125,7 +136,8 @@ class SpectralScale(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'tasks={self.num_tasks}, channels={self.channels}, size={self.size}, '
-                f'complex={self.complex_filter}, xtcons={self.xtcons}, radius={self.radius}')
+                f'complex={self.complex_filter}, shared_channels={self.shared_channels}, xtcons={self.xtcons}, '
+                f'radius={self.radius}')
 
 
 class TaskSpectralPyramid(MethodModule):
@@ -135,15 +147,16 @@ class TaskSpectralPyramid(MethodModule):
         num_tasks: ``T``.
         channels: channels per resolution.
         sizes: ``(H, W)`` per resolution.
-        complex_filter, xtcons, radius: see :class:`SpectralScale`.
+        complex_filter, xtcons, radius, shared_channels: see :class:`SpectralScale`.
     """
 
     def __init__(self, num_tasks: int, channels: Sequence[int], sizes: Sequence[Tuple[int, int]],
-                 complex_filter: bool = True, xtcons: bool = True, radius: float = 0.25) -> None:
+                 complex_filter: bool = True, xtcons: bool = True, radius: float = 0.25,
+                 shared_channels: bool = False) -> None:
         super().__init__()
         if len(channels) != len(sizes):
             raise ValueError(f'{len(channels)} channel counts for {len(sizes)} sizes')
-        self.scales = nn.ModuleList([SpectralScale(num_tasks, c, s, complex_filter, xtcons, radius)
+        self.scales = nn.ModuleList([SpectralScale(num_tasks, c, s, complex_filter, xtcons, radius, shared_channels)
                                      for c, s in zip(channels, sizes)])
 
     def forward(self, feats: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -162,12 +175,12 @@ class TSPDDecoder(MultiTaskDecoder):
         sizes: feature ``(H, W)`` per scale (from the backbone's image size and strides).
         in_channels: backbone map channels (needed for ``position='before_downsampler'``).
         position: ``'after_downsampler'`` or ``'before_downsampler'``.
-        complex_filter, xtcons, radius: see :class:`SpectralScale`.
+        complex_filter, xtcons, radius, shared_channels: see :class:`SpectralScale`.
     """
 
     def __init__(self, decoder: MultiTaskDecoder, sizes: Sequence[Tuple[int, int]], in_channels: Sequence[int],
                  position: str = 'after_downsampler', complex_filter: bool = True, xtcons: bool = True,
-                 radius: float = 0.25) -> None:
+                 radius: float = 0.25, shared_channels: bool = False) -> None:
         nn.Module.__init__(self)
         if position not in ('after_downsampler', 'before_downsampler'):
             raise ValueError(f'unknown TS-PD position {position!r}')
@@ -178,7 +191,7 @@ class TSPDDecoder(MultiTaskDecoder):
         self.heads = decoder.heads
         self.position = position
         chans = self.channels if position == 'after_downsampler' else tuple(in_channels)
-        self.tspd = TaskSpectralPyramid(len(self.tasks), chans, sizes, complex_filter, xtcons, radius)
+        self.tspd = TaskSpectralPyramid(len(self.tasks), chans, sizes, complex_filter, xtcons, radius, shared_channels)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> dict:
         """Args: feats ``[S, B, C_i, H_i, W_i]``. Returns task -> ``[B, out, H, W]`` raw outputs."""
