@@ -323,12 +323,30 @@ def _single_threaded(enabled: bool) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
+@torch.no_grad()
+def _factorise(w: torch.Tensor, splits: int, in_features: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD of ``w``'s ``splits`` row blocks: ``U [splits, out/splits, p]``, ``S [splits, p]``,
+    ``Vh [splits, p, in]`` (float32, float64 for a float64 weight)."""
+    dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
+    blocks = w.detach().to(dtype).reshape(splits, -1, in_features)
+    if blocks.shape[-2] >= blocks.shape[-1]:
+        u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
+    else:  # LAPACK is faster on the tall orientation: W^T = V S U^T
+        v, s, uh = torch.linalg.svd(blocks.transpose(-1, -2), full_matrices=False)
+        u, vh = uh.transpose(-1, -2).contiguous(), v.transpose(-1, -2).contiguous()
+    return u, s, vh
+
+
 def _init_theta_(theta: torch.Tensor, init: str) -> None:
     with torch.no_grad():
         if init == 'identity':
             theta.zero_()
         else:  # the release: nn.init.kaiming_uniform_(theta [1, d], a=sqrt(5)) -> U(+-1/sqrt(d))
             nn.init.kaiming_uniform_(theta, a=math.sqrt(5))
+
+
+def _refresh_after_load(module: nn.Module, incompatible_keys) -> None:
+    module.refresh()
 
 
 class DiTASKLinear(AdapterLayer):
@@ -376,6 +394,13 @@ class DiTASKLinear(AdapterLayer):
         # Caches (plain tensors: not saved, not broadcast; see the module docstring).
         self._svd: Optional[Tuple[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
         self._wcache: Dict[str, Tuple[tuple, torch.Tensor]] = {}
+        # A compiled forward cannot see the weight's storage or version: drop the caches
+        # wherever the weight is replaced.
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.refresh()   # .to() / .cuda() / .half(): new storage
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ factors
     def refresh(self) -> None:
@@ -391,18 +416,18 @@ class DiTASKLinear(AdapterLayer):
             float32 as in the release (float64 for a float64 weight), on the weight's device.
         """
         w = self.base_layer.weight
+        if torch.compiler.is_compiling():
+            # Storage pointers and version counters cannot be traced: a compiled forward trusts
+            # the cache (filled by the eager trace below on the first call, dropped by
+            # refresh() and by load_state_dict, which retrace).
+            if self._svd is None:
+                self._svd = (None, _factorise(w, self.splits, self.in_features))
+            return self._svd[1]
         key = _tensor_key(w)
         stale = self._svd is not None and self._svd[1][0].is_inference() and not torch.is_inference_mode_enabled()
         if self._svd is None or self._svd[0] != key or stale:
-            dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
-            with torch.no_grad(), _single_threaded(w.device.type == 'cpu'):
-                blocks = w.detach().to(dtype).reshape(self.splits, -1, self.in_features)
-                if blocks.shape[-2] >= blocks.shape[-1]:
-                    u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
-                else:  # LAPACK is faster on the tall orientation: W^T = V S U^T
-                    v, s, uh = torch.linalg.svd(blocks.transpose(-1, -2), full_matrices=False)
-                    u, vh = uh.transpose(-1, -2).contiguous(), v.transpose(-1, -2).contiguous()
-            self._svd = (key, (u, s, vh))
+            with _single_threaded(w.device.type == 'cpu'):
+                self._svd = (key, _factorise(w, self.splits, self.in_features))
             self._wcache = {}
         return self._svd[1]
 
@@ -416,7 +441,7 @@ class DiTASKLinear(AdapterLayer):
 
     def _cached(self, name: str, theta: torch.Tensor) -> torch.Tensor:
         """W' for ``theta``: fresh when training or under autograd, else cached until theta or W change."""
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             w = self._compose(theta)
             return w[0] if name == 'shared' else w
         self.factors()

@@ -98,7 +98,7 @@ import logging
 import math
 import weakref
 from functools import partial
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -189,8 +189,12 @@ class LowRankUnit(nn.Module):
         """Current rank ``r``."""
         return self.faar_A.shape[0]
 
-    def sample_rank(self) -> int:
+    def sample_rank(self) -> Union[int, torch.Tensor]:
         """Draw this forward's active rank ``b`` (and make sure the scoring hooks are in place).
+
+        Under ``torch.compile`` ``b`` stays a 0-d CPU tensor (same generator, same draw): a
+        Python int would need ``.item()`` (a graph break) and a prefix slice of a new length
+        each step (a recompile), so :meth:`factors` masks the columns ``B[:, b:]`` instead.
 
         Returns:
             ``b ~ U{1..r}`` in training with prefix masking, else ``r``.
@@ -198,15 +202,24 @@ class LowRankUnit(nn.Module):
         r = self.rank
         b = r
         if self.training and self.prefix_masking and r > 1:
-            b = int(torch.randint(1, r + 1, ()).item())  # CPU generator: no device sync
+            b = torch.randint(1, r + 1, ())  # CPU generator: no device sync
+            if not torch.compiler.is_compiling():
+                b = int(b.item())
         self.active_rank = b
         if self.training and self.scoring and torch.is_grad_enabled() and self.faar_A.requires_grad \
                 and self.faar_B.requires_grad:
             self._ensure_hooks()
         return b
 
-    def factors(self, b: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(A[:b] [b, in], B[:, :b] [out, b])``; ``b`` defaults to the full rank."""
+    def factors(self, b: Union[int, torch.Tensor, None] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(A[:b] [b, in], B[:, :b] [out, b])``; ``b`` defaults to the full rank.
+
+        A tensor ``b`` (compiled training) gives the full-size ``(A, B * [i < b])`` instead: the
+        same product ``B A``, and zero gradients beyond the prefix, as with the slices.
+        """
+        if torch.is_tensor(b):
+            keep = torch.arange(self.rank, device=self.faar_B.device) < b.to(self.faar_B.device)
+            return self.faar_A, self.faar_B * keep.to(self.faar_B.dtype)
         if b is None or b >= self.rank:
             return self.faar_A, self.faar_B
         return self.faar_A[:b], self.faar_B[:, :b]
