@@ -96,6 +96,7 @@ from mtlbench.method import AdapterLayer, Method, MethodConfig
 from mtlbench.registry import METHODS
 
 __all__ = ['cpa_cell_basis', 'cpa_vertex_basis', 'cpa_vertex_velocity', 'cpa_integrate', 'cpa_warp_sequence',
+           'cpa_warp_positions', 'interpolate_sequence', 'BatchedWarps',
            'DiTASKLinear', 'DiTASKConfig', 'DiTASK']
 
 # ---------------------------------------------------------------------------------------------
@@ -280,13 +281,30 @@ def cpa_warp_sequence(values: torch.Tensor, theta: torch.Tensor, time: float = 1
         ``[n, ..., p]`` float64.
     """
     p = values.shape[-1]
-    vals = values.to(torch.float64)
     if p == 1:
-        return vals.expand(theta.shape[0], *vals.shape).clone()
-    index = torch.arange(p, dtype=torch.float64, device=values.device)
+        return values.to(torch.float64).expand(theta.shape[0], *values.shape).clone()
+    return interpolate_sequence(values, cpa_warp_positions(p, theta, time))
+
+
+def cpa_warp_positions(p: int, theta: torch.Tensor, time: float = 1.0) -> torch.Tensor:
+    """Sample positions ``(p-1) phi_theta(j/(p-1))``, ``j = 0..p-1``, for each row of ``theta``.
+
+    Rows are independent, so the thetas of many layers with the same ``p`` go through one call
+    (:class:`BatchedWarps`).
+
+    Returns:
+        ``[n, p]`` float64 in ``[0, p - 1]``.
+    """
+    index = torch.arange(p, dtype=torch.float64, device=theta.device)
     grid = index / (p - 1)
     # (p-1) phi(j/(p-1)), written as j + displacement so that theta = 0 gives exactly j
-    pos = (index + (cpa_integrate(grid, theta, time) - grid) * (p - 1)).clamp(0, p - 1)     # [n, p]
+    return (index + (cpa_integrate(grid, theta, time) - grid) * (p - 1)).clamp(0, p - 1)     # [n, p]
+
+
+def interpolate_sequence(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``values [..., p]`` linearly interpolated at ``pos [n, p]``: ``[n, ..., p]`` float64."""
+    p = values.shape[-1]
+    vals = values.to(torch.float64)
     i0 = pos.detach().floor().long().clamp(0, p - 1)
     i1 = (i0 + 1).clamp(max=p - 1)
     w = pos - i0.to(pos.dtype)
@@ -323,12 +341,30 @@ def _single_threaded(enabled: bool) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
+@torch.no_grad()
+def _factorise(w: torch.Tensor, splits: int, in_features: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD of ``w``'s ``splits`` row blocks: ``U [splits, out/splits, p]``, ``S [splits, p]``,
+    ``Vh [splits, p, in]`` (float32, float64 for a float64 weight)."""
+    dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
+    blocks = w.detach().to(dtype).reshape(splits, -1, in_features)
+    if blocks.shape[-2] >= blocks.shape[-1]:
+        u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
+    else:  # LAPACK is faster on the tall orientation: W^T = V S U^T
+        v, s, uh = torch.linalg.svd(blocks.transpose(-1, -2), full_matrices=False)
+        u, vh = uh.transpose(-1, -2).contiguous(), v.transpose(-1, -2).contiguous()
+    return u, s, vh
+
+
 def _init_theta_(theta: torch.Tensor, init: str) -> None:
     with torch.no_grad():
         if init == 'identity':
             theta.zero_()
         else:  # the release: nn.init.kaiming_uniform_(theta [1, d], a=sqrt(5)) -> U(+-1/sqrt(d))
             nn.init.kaiming_uniform_(theta, a=math.sqrt(5))
+
+
+def _refresh_after_load(module: nn.Module, incompatible_keys) -> None:
+    module.refresh()
 
 
 class DiTASKLinear(AdapterLayer):
@@ -376,6 +412,14 @@ class DiTASKLinear(AdapterLayer):
         # Caches (plain tensors: not saved, not broadcast; see the module docstring).
         self._svd: Optional[Tuple[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
         self._wcache: Dict[str, Tuple[tuple, torch.Tensor]] = {}
+        self._warp_pos: Dict[str, torch.Tensor] = {}   # filled by BatchedWarps for one forward
+        # A compiled forward cannot see the weight's storage or version: drop the caches
+        # wherever the weight is replaced.
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.refresh()   # .to() / .cuda() / .half(): new storage
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ factors
     def refresh(self) -> None:
@@ -391,33 +435,42 @@ class DiTASKLinear(AdapterLayer):
             float32 as in the release (float64 for a float64 weight), on the weight's device.
         """
         w = self.base_layer.weight
+        if torch.compiler.is_compiling():
+            # Storage pointers and version counters cannot be traced: a compiled forward trusts
+            # the cache (filled by the eager trace below on the first call, dropped by
+            # refresh() and by load_state_dict, which retrace).
+            if self._svd is None:
+                self._svd = (None, _factorise(w, self.splits, self.in_features))
+            return self._svd[1]
         key = _tensor_key(w)
         stale = self._svd is not None and self._svd[1][0].is_inference() and not torch.is_inference_mode_enabled()
         if self._svd is None or self._svd[0] != key or stale:
-            dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
-            with torch.no_grad(), _single_threaded(w.device.type == 'cpu'):
-                blocks = w.detach().to(dtype).reshape(self.splits, -1, self.in_features)
-                if blocks.shape[-2] >= blocks.shape[-1]:
-                    u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
-                else:  # LAPACK is faster on the tall orientation: W^T = V S U^T
-                    v, s, uh = torch.linalg.svd(blocks.transpose(-1, -2), full_matrices=False)
-                    u, vh = uh.transpose(-1, -2).contiguous(), v.transpose(-1, -2).contiguous()
-            self._svd = (key, (u, s, vh))
+            with _single_threaded(w.device.type == 'cpu'):
+                self._svd = (key, _factorise(w, self.splits, self.in_features))
             self._wcache = {}
         return self._svd[1]
 
-    def _compose(self, theta: torch.Tensor) -> torch.Tensor:
-        """``U diag(warp_theta(S)) V^T`` for each row of theta: ``[n, out, in]`` (weight dtype)."""
+    def _compose(self, theta: torch.Tensor, name: str = '') -> torch.Tensor:
+        """``U diag(warp_theta(S)) V^T`` for each row of theta: ``[n, out, in]`` (weight dtype).
+
+        The warp positions come from :class:`BatchedWarps` when the backbone's forward computed
+        them for all layers at once (``name``: ``'shared'`` / ``'task'``), else from this layer.
+        """
         u, s, vh = self.factors()
         with torch.autocast(device_type=u.device.type, enabled=False):
-            s_warped = cpa_warp_sequence(s, theta, self.time).to(u.dtype)          # [n, splits, p]
+            pos = self._warp_pos.pop(name, None)
+            if s.shape[-1] == 1 or pos is None:
+                s_warped = cpa_warp_sequence(s, theta, self.time)
+            else:
+                s_warped = interpolate_sequence(s, pos)
+            s_warped = s_warped.to(u.dtype)                                          # [n, splits, p]
             w = torch.matmul(u.unsqueeze(0) * s_warped.unsqueeze(-2), vh.unsqueeze(0))
         return w.reshape(theta.shape[0], self.out_features, self.in_features).to(self.weight.dtype)
 
     def _cached(self, name: str, theta: torch.Tensor) -> torch.Tensor:
         """W' for ``theta``: fresh when training or under autograd, else cached until theta or W change."""
-        if self.training or torch.is_grad_enabled():
-            w = self._compose(theta)
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            w = self._compose(theta, name)
             return w[0] if name == 'shared' else w
         self.factors()
         key = (_tensor_key(theta), self._svd[0])
@@ -473,6 +526,45 @@ class DiTASKLinear(AdapterLayer):
     def extra_repr(self) -> str:
         return (f'num_cells={self.num_cells}, num_tasks={self.num_tasks}, task_num_cells={self.task_num_cells}, '
                 f'splits={self.splits}, task_outputs={self.task_outputs}')
+
+
+class BatchedWarps:
+    """Backbone forward hooks that integrate the CPA flows of all DiTASK layers in one call per
+    group of layers sharing ``(N_P, p, time)`` (per Swin stage: the shared thetas of every block,
+    and the task thetas of its last block), instead of ~60 small float64 operators per layer:
+    a Swin-T step otherwise issues tens of thousands of kernels. Rows are independent, so every
+    layer gets the positions its own call would compute (up to float64 round-off); the layers
+    then interpolate their own spectra. The positions live for one forward: the post-hook drops
+    the ones a layer did not use.
+    """
+
+    def __init__(self, layers: List[DiTASKLinear]) -> None:
+        self.layers = layers
+
+    def before(self, module: nn.Module, args) -> None:
+        if not (module.training or torch.is_grad_enabled() or torch.compiler.is_compiling()):
+            return   # evaluation: the layers serve cached weights
+        groups: Dict[tuple, list] = {}
+        for layer in self.layers:
+            members = [('shared', layer.ditask_theta)]
+            if layer.task_outputs:
+                members.append(('task', layer.ditask_task_theta))
+            for name, theta in members:
+                if theta is None:
+                    continue
+                p = layer.factors()[1].shape[-1]
+                if p > 1:
+                    groups.setdefault((theta.shape[-1], p, layer.time, theta.device), []).append((layer, name, theta))
+        for (_, p, time, _), members in groups.items():
+            thetas = [theta for _, _, theta in members]
+            pos = cpa_warp_positions(p, torch.cat(thetas) if len(thetas) > 1 else thetas[0], time)
+            for (layer, name, _), part in zip(members, pos.split([t.shape[0] for t in thetas])):
+                layer._warp_pos[name] = part
+
+    def after(self, module: nn.Module, args, output) -> None:
+        for layer in self.layers:
+            if layer._warp_pos:
+                layer._warp_pos = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,4 +645,7 @@ class DiTASK(Method):
             done.append(site.name)
         if not done:
             raise ValueError('ditask matched no backbone site')
+        warps = BatchedWarps([backbone.get_submodule(name) for name in done])
+        backbone.register_forward_pre_hook(warps.before)
+        backbone.register_forward_hook(warps.after)
         return done

@@ -286,6 +286,15 @@ def gaussian_kernel1d(size: int, sigma: float, device: Optional[torch.device] = 
     return g / g.sum()
 
 
+def _gaussian_taps(size: int, sigma: float) -> List[float]:
+    """The taps of :func:`gaussian_kernel1d` as Python floats (float64), computed without
+    tensors so that ``torch.compile`` folds them into constants (a ``.tolist()`` would break
+    the graph at every call)."""
+    g = [math.exp(-(i - (size - 1) / 2) ** 2 / (2 * sigma ** 2)) for i in range(size)]
+    total = sum(g)
+    return [v / total for v in g]
+
+
 def gaussian_lowpass(m: torch.Tensor, size: int = 7, sigma: float = 1.0, padding: str = 'reflect',
                      gain: float = 1.0) -> torch.Tensor:
     """Separable Gaussian blur of the last two axes.
@@ -304,7 +313,7 @@ def gaussian_lowpass(m: torch.Tensor, size: int = 7, sigma: float = 1.0, padding
     """
     lead, (H, W) = m.shape[:-2], m.shape[-2:]
     x = m.reshape(-1, 1, H, W)
-    taps = gaussian_kernel1d(size, sigma, dtype=torch.float64).tolist()
+    taps = _gaussian_taps(size, float(sigma))
     p = size // 2
     # Weighted sums of shifted slices: memory-bound and fast on any device (single-channel
     # convolutions are pathologically slow on CPU back-ends).
@@ -783,7 +792,7 @@ class SharedModulatedConv(MethodModule):
     def forward(self, x: torch.Tensor, task_index: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``[B, C_in, H, W] -> [B, C_out, H, W]`` for one task (no bias)."""
         w = self.task_weights()[task_index] if weights is None else weights[task_index]
-        return torch.einsum('oc,bchw->bohw', w, x)
+        return torch.matmul(w, x.flatten(2)).unflatten(2, x.shape[-2:])
 
     def extra_repr(self) -> str:
         return f'modulation={self.modulation}, shape={tuple(self.weight.shape)}'

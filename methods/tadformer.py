@@ -176,8 +176,8 @@ def depthwise_conv(z: torch.Tensor, kernel: torch.Tensor, bias: Optional[torch.T
     shared = [i for i in range(n) if klead[i] == 1]
     own = [i for i in range(n) if klead[i] != 1]
     perm = shared + own + [n + 2, n, n + 1]                       # batch dims, group dims, r, h, w
-    batch = math.prod(lead[i] for i in shared)
-    groups = math.prod(lead[i] for i in own) * r
+    batch = math.prod([lead[i] for i in shared])   # lists, not generators: torch.compile traces them
+    groups = math.prod([lead[i] for i in own]) * r
     x = z.permute(*perm).reshape(batch, groups, h, w)
     out = F.conv2d(x, kernel.reshape(groups, 1, k, k), padding=k // 2, groups=groups)
     out = out.reshape([lead[i] for i in perm[:n]] + [r, h, w]).permute(*sorted(range(n + 3), key=perm.__getitem__))

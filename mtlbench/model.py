@@ -92,16 +92,15 @@ class MultiTaskModel(BaseModel):
         raise ValueError(f'unknown mode {mode!r}')
 
     def loss(self, raw: Dict[str, torch.Tensor], targets: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        out = {}
-        for t in self.tasks:
-            value = self.losses[t](raw[t], targets[t])
-            if not torch.isfinite(value).all():
-                it = getattr(self, 'current_iter', None)
-                where = 'iteration ?' if it is None else f'iteration {it + 1}'  # 1-based, as the log counts
-                raise NonFiniteLossError(
-                    f'loss of task {t!r} is {value.item()} at {where}; stopping before the update. '
-                    f'The last checkpoint in the work dir is intact; lower the learning rate or check the data.')
-            out[f'loss_{t}'] = value * self.loss_weights[t]
+        values = {t: self.losses[t](raw[t], targets[t]) for t in self.tasks}
+        bad = _first_non_finite(values)   # one host read for all tasks
+        if bad is not None:
+            it = getattr(self, 'current_iter', None)
+            where = 'iteration ?' if it is None else f'iteration {it + 1}'  # 1-based, as the log counts
+            raise NonFiniteLossError(
+                f'loss of task {bad!r} is {values[bad].item()} at {where}; stopping before the update. '
+                f'The last checkpoint in the work dir is intact; lower the learning rate or check the data.')
+        out = {f'loss_{t}': values[t] * self.loss_weights[t] for t in self.tasks}
         for k, v in self.method.extra_losses(self).items():
             out[k] = v
         return out
@@ -111,10 +110,10 @@ class MultiTaskModel(BaseModel):
         """One dict per sample: ``{'pred': {task: tensor}, 'gt': {task: tensor}}``."""
         from mtlbench.losses import postprocess
 
-        for t in self.tasks:
-            if not torch.isfinite(raw[t]).all():
-                raise NonFiniteLossError(f'predictions of task {t!r} are not finite (the weights diverged); '
-                                         'metrics cannot be computed')
+        bad = _first_non_finite({t: raw[t] for t in self.tasks})
+        if bad is not None:
+            raise NonFiniteLossError(f'predictions of task {bad!r} are not finite (the weights diverged); '
+                                     'metrics cannot be computed')
         preds = {t: postprocess(t, raw[t]) for t in self.tasks}
         batch = next(iter(preds.values())).shape[0]
         out = []
@@ -124,6 +123,20 @@ class MultiTaskModel(BaseModel):
                 sample['gt'] = {t: targets[t][i] for t in self.tasks if t in targets}
             out.append(sample)
         return out
+
+
+def _first_non_finite(tensors: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The first key whose tensor holds a NaN or inf, else ``None``.
+
+    One stacked reduction and one host read for all tensors (a per-task ``bool(...)`` would
+    synchronise a GPU once per task, every step); the offending key is looked up only on failure.
+    """
+    if not tensors:
+        return None
+    flags = torch.stack([torch.isfinite(v.detach()).all() for v in tensors.values()])
+    if bool(flags.all()):
+        return None
+    return list(tensors)[int((~flags).nonzero()[0, 0])]
 
 
 def compile_model(model: MultiTaskModel, **compile_kwargs) -> MultiTaskModel:

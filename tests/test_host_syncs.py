@@ -1,0 +1,78 @@
+"""The model's finiteness checks read the device once per call, whatever the number of tasks.
+
+On a GPU every ``bool(tensor)`` / ``.item()`` blocks the host until the device has caught up;
+counting those calls on CPU tensors counts the synchronisations a CUDA step would make.
+"""
+import contextlib
+
+import torch
+
+import mtlbench.methods  # noqa: F401
+from mtlbench.bench import synthetic_batch
+from mtlbench.model import MultiTaskModel, NonFiniteLossError
+
+TASKS = ('semseg', 'human_parts', 'sal', 'normals')
+READS = ('__bool__', 'item', 'tolist', '__int__', '__float__', '__index__')
+
+
+@contextlib.contextmanager
+def count_host_reads():
+    calls = []
+    originals = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def wrap(name, fn):
+        def counted(self, *args, **kwargs):
+            calls.append(name)
+            return fn(self, *args, **kwargs)
+        return counted
+
+    try:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, wrap(name, fn))
+        yield calls
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def _model():
+    torch.manual_seed(0)
+    return MultiTaskModel('pascal_context', dict(type='mtlora', r=4, task_r=2, dropout=0.0),
+                          dict(arch='toy', img_size=(32, 32), window_size=4, drop_path_rate=0.0),
+                          tasks=TASKS, decoder=dict(channels=(4, 8, 8, 8)))
+
+
+def test_loss_and_predict_read_the_device_once():
+    model = _model()
+    x, targets = synthetic_batch(model, 2, (32, 32), torch.device('cpu'))
+    model.train()
+    raw = model(x)
+    with count_host_reads() as calls:
+        losses = model.loss(raw, targets)
+    assert len(losses) == len(TASKS) and calls == ['__bool__'], calls
+    model.eval()
+    with torch.no_grad():
+        raw = model(x)
+    with count_host_reads() as calls:
+        model.predict(raw, targets)
+    assert calls == ['__bool__'], calls
+
+
+def test_the_stacked_check_still_names_the_bad_task():
+    model = _model()
+    x, targets = synthetic_batch(model, 2, (32, 32), torch.device('cpu'))
+    raw = model(x)
+    raw['sal'] = raw['sal'] * float('nan')
+    try:
+        model.loss(raw, targets)
+    except NonFiniteLossError as err:
+        assert "'sal'" in str(err) and 'nan' in str(err)
+    else:
+        raise AssertionError('a NaN loss was not refused')
+    raw['normals'] = raw['normals'] * float('inf')
+    try:
+        model.predict(raw)
+    except NonFiniteLossError as err:
+        assert "'sal'" in str(err)   # the first non-finite task in stream order
+    else:
+        raise AssertionError('non-finite predictions were not refused')
