@@ -74,7 +74,7 @@ def test_compiled_train_step_matches_eager_without_graph_breaks(method):
         torch.testing.assert_close(loss_c[key], loss_e[key], rtol=1e-5, atol=1e-6)
     assert grads_c.keys() == grads_e.keys() and grads_e
     for name in grads_e:
-        torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-3, atol=1e-5, msg=name)   # as test_compile.py: fp32 reassociation
     assert bufs_c.keys() == bufs_e.keys()
     for name in bufs_e:   # BatchNorm statistics, FAAR's score EMAs (filled in backward)
         torch.testing.assert_close(bufs_c[name], bufs_e[name], rtol=1e-4, atol=1e-6, msg=name)
