@@ -1,0 +1,62 @@
+"""The general PEFT baselines of the Polyhistor / MTLoRA tables (issue 16): what trains, counted
+independently of the methods' code on a plain, unadapted Swin-T.
+
+Published counts: the Polyhistor (NeurIPS 2022) / MTLoRA (CVPR 2024) tables print a count per
+baseline, but no copy of those tables could be retrieved while writing this (not in
+``shared/reference/papers.md`` nor in the stored corpora), so no count is compared with a
+printed one here; the expected counts below are computed from the unadapted backbone.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtlbench.methods  # noqa: F401
+from mtlbench.backbones.swin import SwinBackbone
+from mtlbench.method import param_breakdown
+from mtlbench.params import build_model_from_config
+
+TOY = {'model.backbone.arch': 'toy', 'model.backbone.img_size': (224, 224)}
+
+
+@pytest.fixture(scope='module')
+def plain_tiny():
+    return SwinBackbone('tiny', pretrained=None)
+
+
+def _counts(method, **opts):
+    cfg = dict(TOY) if opts.pop('toy', False) else {}
+    cfg.update({f'model.method.{k}': v for k, v in opts.items()})
+    model = build_model_from_config(method, 'pascal_context', cfg_options=cfg or None)
+    return model, param_breakdown(model.backbone, model.decoder)
+
+
+def test_bitfit_trains_exactly_the_backbone_biases(plain_tiny):
+    biases = sum(p.numel() for n, p in plain_tiny.named_parameters() if n.endswith('.bias'))
+    _, bitfit = _counts('bitfit')
+    _, dec = _counts('decoder_only')
+    assert bitfit['encoder_trainable'] == biases == 51_456
+    assert bitfit['total_trainable'] == dec['total_trainable'] + biases
+    assert bitfit['total'] == dec['total'] + biases   # deltas are the only added parameters
+
+
+def test_bitfit_starts_as_the_frozen_model_and_only_shifts_biases():
+    torch.manual_seed(0)
+    model, _ = _counts('bitfit', toy=True)
+    torch.manual_seed(0)
+    ref, _ = _counts('decoder_only', toy=True)
+    plain = {k.replace('.base_layer.', '.').replace('.base.', '.'): v
+             for k, v in model.state_dict().items() if not k.endswith('bias_delta')}
+    ref.load_state_dict(plain)   # strict: every key of the unadapted model is matched
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        a, b = model.eval()(x), ref.eval()(x)
+    for t in a:   # zero deltas: identical to the unadapted model with the same weights
+        torch.testing.assert_close(a[t], b[t])
+    # a bias shift on one qkv changes the output; every weight stays frozen
+    qkv = model.backbone.layers[0].blocks[0].attn.qkv
+    qkv.bias_delta.data.fill_(0.5)
+    with torch.no_grad():
+        assert not torch.allclose(model(x)['semseg'], a['semseg'])
+    frozen_weights = [n for n, p in model.backbone.named_parameters() if p.requires_grad and 'bias_delta' not in n]
+    assert frozen_weights == []
