@@ -60,3 +60,16 @@ def test_bitfit_starts_as_the_frozen_model_and_only_shifts_biases():
         assert not torch.allclose(model(x)['semseg'], a['semseg'])
     frozen_weights = [n for n, p in model.backbone.named_parameters() if p.requires_grad and 'bias_delta' not in n]
     assert frozen_weights == []
+
+
+def test_relative_bias_trains_exactly_the_position_tables(plain_tiny):
+    heads = sum(b.attn.num_heads for stage in plain_tiny.layers for b in stage.blocks)
+    assert heads == 2 * 3 + 2 * 6 + 6 * 12 + 2 * 24
+    tables = sum(p.numel() for n, p in plain_tiny.named_parameters() if n.endswith('relative_position_bias_table'))
+    assert tables == heads * (2 * 7 - 1) ** 2 == 23_322
+    model, rel = _counts('relative_bias')
+    _, dec = _counts('decoder_only')
+    assert rel['encoder_trainable'] == tables and rel['adapter'] == 0
+    assert rel['total_trainable'] == dec['total_trainable'] + tables and rel['total'] == dec['total']
+    trainable = {n.rsplit('.', 1)[-1] for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {'relative_position_bias_table'}
