@@ -73,3 +73,36 @@ def test_relative_bias_trains_exactly_the_position_tables(plain_tiny):
     assert rel['total_trainable'] == dec['total_trainable'] + tables and rel['total'] == dec['total']
     trainable = {n.rsplit('.', 1)[-1] for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert trainable == {'relative_position_bias_table'}
+
+
+def test_adapter_counts_and_identity_start(plain_tiny):
+    widths = [b.dim for stage in plain_tiny.layers for b in stage.blocks]
+    assert widths == [96] * 2 + [192] * 2 + [384] * 6 + [768] * 2
+    # two bottlenecks per block (after proj, after fc2): C->C/4 and C/4->C, with biases
+    expected = sum(2 * (2 * c * (c // 4) + c // 4 + c) for c in widths)
+    norms = sum(p.numel() for m in plain_tiny.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters())
+    _, ad = _counts('adapter')
+    _, dec = _counts('decoder_only')
+    assert ad['adapter'] == expected == 2_167_584
+    assert ad['backbone_other'] == norms
+    assert ad['total_trainable'] == dec['total_trainable'] + expected + norms
+    _, ad8 = _counts('adapter', reduction_factor=8)
+    assert ad8['adapter'] == sum(2 * (2 * c * (c // 8) + c // 8 + c) for c in widths)
+
+
+def test_adapter_is_the_identity_at_init_and_sits_after_proj_and_fc2():
+    from methods.adapter import BottleneckAdapted
+    torch.manual_seed(0)
+    model, _ = _counts('adapter', toy=True)
+    blk = model.backbone.layers[1].blocks[0]
+    assert isinstance(blk.attn.proj, BottleneckAdapted) and isinstance(blk.mlp.fc2, BottleneckAdapted)
+    assert not isinstance(blk.attn.qkv, BottleneckAdapted) and not isinstance(blk.mlp.fc1, BottleneckAdapted)
+    x = torch.randn(2, 5, blk.dim)
+    with torch.no_grad():
+        torch.testing.assert_close(blk.mlp.fc2(torch.randn(2, 5, 4 * blk.dim).mul_(0) + 1),
+                                   blk.mlp.fc2.base_layer(torch.ones(2, 5, 4 * blk.dim)))
+        blk.attn.proj.up.weight.normal_()
+        h = blk.attn.proj.base_layer(x)
+        down, up = blk.attn.proj.down, blk.attn.proj.up
+        by_hand = h + torch.nn.functional.gelu(h @ down.weight.T + down.bias) @ up.weight.T + up.bias
+        torch.testing.assert_close(blk.attn.proj(x), by_hand)
