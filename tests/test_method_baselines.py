@@ -91,7 +91,7 @@ def test_adapter_counts_and_identity_start(plain_tiny):
 
 
 def test_adapter_is_the_identity_at_init_and_sits_after_proj_and_fc2():
-    from methods.adapter import BottleneckAdapted
+    from mtlbench.methods.adapter import BottleneckAdapted
     torch.manual_seed(0)
     model, _ = _counts('adapter', toy=True)
     blk = model.backbone.layers[1].blocks[0]
@@ -106,3 +106,19 @@ def test_adapter_is_the_identity_at_init_and_sits_after_proj_and_fc2():
         down, up = blk.attn.proj.down, blk.attn.proj.up
         by_hand = h + torch.nn.functional.gelu(h @ down.weight.T + down.bias) @ up.weight.T + up.bias
         torch.testing.assert_close(blk.attn.proj(x), by_hand)
+
+
+def test_shared_lora_is_mtlora_without_its_task_part(plain_tiny):
+    from mtlbench.layers.lowrank import LoRALinear, TaskLoRALinear
+    widths = [b.dim for stage in plain_tiny.layers for b in stage.blocks]
+    # rank 64 on qkv (C -> 3C), proj (C -> C), fc1 (C -> 4C), fc2 (4C -> C): 64 * 16C per block
+    shared = sum(64 * (c + 3 * c) + 64 * (c + c) + 64 * (c + 4 * c) + 64 * (4 * c + c) for c in widths)
+    model, sl = _counts('shared_lora')
+    _, mt = _counts('mtlora')
+    assert sl['adapter'] == shared == 4_521_984
+    assert sl['backbone_other'] == mt['backbone_other']
+    assert sl['total_trainable'] == 8_068_154 and mt['total_trainable'] == 8_344_634  # mtlora: the reference's count
+    assert not any(isinstance(m, TaskLoRALinear) for m in model.backbone.modules())
+    assert sum(isinstance(m, LoRALinear) for m in model.backbone.modules()) == 4 * len(widths)
+    with pytest.raises(ValueError, match='no task-specific'):
+        _counts('shared_lora', task_kinds=('proj',))
