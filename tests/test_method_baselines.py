@@ -122,3 +122,29 @@ def test_shared_lora_is_mtlora_without_its_task_part(plain_tiny):
     assert sum(isinstance(m, LoRALinear) for m in model.backbone.modules()) == 4 * len(widths)
     with pytest.raises(ValueError, match='no task-specific'):
         _counts('shared_lora', task_kinds=('proj',))
+
+
+@pytest.mark.parametrize('method,per_block', [('vpt_shallow', False), ('vpt_deep', True)])
+def test_vpt_counts(plain_tiny, method, per_block):
+    widths = [b.dim for stage in plain_tiny.layers for b in stage.blocks]
+    expected = 10 * (sum(widths) if per_block else plain_tiny.embed_dim)
+    _, vpt = _counts(method)
+    _, dec = _counts('decoder_only')
+    assert vpt['adapter'] == vpt['encoder_trainable'] == expected
+    assert vpt['total_trainable'] == dec['total_trainable'] + expected
+
+
+@pytest.mark.parametrize('method', ['vpt_shallow', 'vpt_deep'])
+def test_vpt_prompts_change_the_features_and_get_gradients(method):
+    torch.manual_seed(0)
+    model, _ = _counts(method, toy=True)
+    x = torch.randn(1, 3, 224, 224)
+    feats = model.backbone(x)
+    sum(f.square().mean() for f in feats).backward()
+    prompts = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
+    assert prompts and all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompts)
+    with torch.no_grad():   # without prompts the backbone computes something else
+        model.backbone.prompt_embed, saved = None, model.backbone.prompt_embed
+        plain = model.backbone(x)
+        model.backbone.prompt_embed = saved
+    assert not torch.allclose(plain[0], feats[0])
