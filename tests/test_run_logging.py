@@ -83,7 +83,9 @@ def test_strip_on_an_mmengine_logger_under_forced_colour(tmp_path, monkeypatch, 
     monkeypatch.setenv('FORCE_COLOR', '1')
     logger = MMLogger.get_instance('ansi-test', log_file=str(tmp_path / 'x.log'))
     assert plain_file_handlers(logger) == 1
-    logger.warning(colored('warm', 'red'))
+    # force_color: termcolor caches its FORCE_COLOR / tty answer for the process, so an earlier test
+    # that coloured without the variable would otherwise leave this message plain.
+    logger.warning(colored('warm', 'red', force_color=True))
     for h in logger.handlers:
         h.flush()
     text = (tmp_path / 'x.log').read_text()
