@@ -126,6 +126,12 @@ def describe_reference(ckpt: Mapping[str, Any]) -> str:
 def _rename_to_mtlbench(key: str) -> str:
     n = re.sub(r'^backbone\.layers\.(\d+)\.downsample\.',
                lambda m: f'backbone.layers.{int(m.group(1)) + 1}.downsample.', key)
+    return rename_shared_layout_to_mtlbench(n)
+
+
+def rename_shared_layout_to_mtlbench(n: str) -> str:
+    """The renames every fork of the MTLoRA code base shares (LoRA linears, decoder downsamplers
+    and heads); the stage shift of ``downsample`` is the caller's, as forks place it differently."""
     n = n.replace('.linear.', '.base_layer.')
     n = re.sub(r'\.lora_shared_([AB])$', r'.lora_\1', n)
     n = re.sub(r'^downsampler\.(\w+)\.downsample_(\d)\.', r'decoder.downsamplers.\1.convs.\2.', n)
@@ -137,6 +143,11 @@ def _rename_to_mtlbench(key: str) -> str:
 def _rename_to_reference(key: str) -> str:
     n = re.sub(r'^backbone\.layers\.(\d+)\.downsample\.',
                lambda m: f'backbone.layers.{int(m.group(1)) - 1}.downsample.', key)
+    return rename_shared_layout_to_reference(n)
+
+
+def rename_shared_layout_to_reference(n: str) -> str:
+    """Inverse of :func:`rename_shared_layout_to_mtlbench`."""
     n = n.replace('.base_layer.', '.linear.')
     n = re.sub(r'\.lora_([AB])$', r'.lora_shared_\1', n)
     n = re.sub(r'^decoder\.downsamplers\.(\w+)\.convs\.(\d)\.', r'downsampler.\1.downsample_\2.', n)

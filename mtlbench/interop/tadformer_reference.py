@@ -47,6 +47,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from mtlbench.engine.checkpoint import strict_load_problems
+from mtlbench.interop.mtlora_reference import rename_shared_layout_to_mtlbench, rename_shared_layout_to_reference
 
 __all__ = ['TADFORMER_INERT', 'is_tadformer_state', 'tadformer_to_mtlbench', 'mtlbench_to_tadformer',
            'import_tadformer_state']
@@ -85,15 +86,10 @@ def _rename(key: str, last: Dict[int, int]) -> str:
         return f'backbone.layers.{stage}.blocks.{last[stage]}.stage_gate.tad_gate'
     if key == _PROMPTS[0]:
         return _PROMPTS[1]
-    n = key.replace('.linear.', '.base_layer.')
-    n = re.sub(r'\.lora_shared_([AB])$', r'.lora_\1', n)
-    n = n.replace('.attn.proj.prompt_layernorm.', '.attn.proj.conditioning.norm.')
+    n = key.replace('.attn.proj.prompt_layernorm.', '.attn.proj.conditioning.norm.')
     n = n.replace('.lora_filter.conv.', '.task_filter.kernel_gen.')
     n = re.sub(r'\.lora_filter\.chan_FilterNorm\.(std|mean)$', r'.task_filter.tad_tap_\1', n)
-    n = re.sub(r'^downsampler\.(\w+)\.downsample_(\d)\.', r'decoder.downsamplers.\1.convs.\2.', n)
-    for idx, part in (('0', 'conv1'), ('1', 'bn'), ('3', 'conv2')):
-        n = re.sub(rf'^decoders\.decoders\.(\w+)\.last_layer\.{idx}\.', rf'decoder.heads.\1.{part}.', n)
-    return n
+    return rename_shared_layout_to_mtlbench(n)
 
 
 def tadformer_to_mtlbench(ref_state: Mapping[str, torch.Tensor], tasks: Sequence[str],
@@ -148,15 +144,10 @@ def _rename_back(key: str) -> str:
         return f'backbone.layers.{m.group(1)}.prompt_gate'
     if key == _PROMPTS[1]:
         return _PROMPTS[0]
-    n = key.replace('.base_layer.', '.linear.')
-    n = re.sub(r'\.lora_([AB])$', r'.lora_shared_\1', n)
-    n = n.replace('.attn.proj.conditioning.norm.', '.attn.proj.prompt_layernorm.')
+    n = key.replace('.attn.proj.conditioning.norm.', '.attn.proj.prompt_layernorm.')
     n = n.replace('.task_filter.kernel_gen.', '.lora_filter.conv.')
     n = re.sub(r'\.task_filter\.tad_tap_(std|mean)$', r'.lora_filter.chan_FilterNorm.\1', n)
-    n = re.sub(r'^decoder\.downsamplers\.(\w+)\.convs\.(\d)\.', r'downsampler.\1.downsample_\2.', n)
-    for idx, part in (('0', 'conv1'), ('1', 'bn'), ('3', 'conv2')):
-        n = re.sub(rf'^decoder\.heads\.(\w+)\.{part}\.', rf'decoders.decoders.\1.last_layer.{idx}.', n)
-    return n
+    return rename_shared_layout_to_reference(n)
 
 
 def mtlbench_to_tadformer(state: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> Dict[str, torch.Tensor]:
