@@ -430,7 +430,7 @@ class SwinBackbone(nn.Module):
         self.patch_embed = PatchEmbed(img_size=self.img_size, patch_size=patch_size, in_chans=3,
                                       embed_dim=embed_dim, norm_layer=nn.LayerNorm, output_fmt='NHWC')
         grid = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # cpu: builds on meta too
         self.layers = nn.ModuleList()
         dim = embed_dim
         for i, depth in enumerate(depths):
