@@ -153,7 +153,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                            work_dir=args.work_dir, cfg_options=_parse_cfg_options(args.cfg_options),
                            epochs=args.epochs, batch_size=args.batch_size, img_size=args.img_size,
                            num_workers=args.num_workers, synthetic_samples=args.synthetic_samples,
-                           max_samples=args.max_samples)
+                           max_samples=args.max_samples, tasks=args.tasks)
     opts = ReproduceOptions(table=args.table, settings=settings, reference_dir=reference_dir,
                             bench_dir=args.bench, dry_run=args.dry_run, slurm=args.slurm,
                             slurm_out=args.slurm_out, gpus_per_job=args.gpus_per_job,
@@ -486,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
                     help='network input size of every run (default: the config\'s)')
     rp.add_argument('--max-samples', type=int, help='use only the first N samples of each split (default: all)')
+    rp.add_argument('--tasks', nargs='+', help="train and compare only these tasks (default: all the dataset's; "
+                    'a subset is never comparable to the papers: for quick checks)')
     rp.add_argument('--synthetic-samples', type=int, help=argparse.SUPPRESS)
     rp.set_defaults(func=cmd_reproduce)
 

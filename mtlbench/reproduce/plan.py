@@ -54,6 +54,7 @@ class RunSettings:
     num_workers: Optional[int] = None
     synthetic_samples: Optional[int] = None
     max_samples: Optional[int] = None
+    tasks: Optional[Sequence[str]] = None
 
     def run_args(self) -> List[str]:
         """The ``mtlbench run`` flags (all but ``--cfg-options``, which is per row)."""
@@ -67,6 +68,8 @@ class RunSettings:
                 args += [flag, str(value)]
         if self.img_size is not None:
             args += ['--img-size', *map(str, self.img_size)]
+        if self.tasks:
+            args += ['--tasks', *self.tasks]
         return args
 
 
