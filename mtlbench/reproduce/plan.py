@@ -100,6 +100,7 @@ class PlannedRow:
     backbone: str = ''
     synthetic: bool = False
     cfg: Any = None
+    variant_default: bool = False  # the config is the method's default one
 
     @property
     def runnable(self) -> bool:
@@ -144,6 +145,14 @@ def _load(path: Path, options: Mapping[str, Any], user: Mapping[str, Any]) -> An
     over = {f'model.method.{k}': v for k, v in options.items()}
     over.update(user)  # the user's overrides win
     return load_config(path, over)
+
+
+def _default_config(method: str, dataset: str) -> Optional[Path]:
+    from mtlbench.config import find_config
+    try:
+        return find_config(method, dataset)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _map_variant(method: str, variant: str, dataset: str, backbone: str):
@@ -210,13 +219,15 @@ def plan_table(table: PaperTable, settings: RunSettings) -> TablePlan:
             continue
         cfg = _load(path, options, settings.cfg_options)
         p.config, p.options, p.cfg = str(path), options, cfg
+        p.variant_default = Path(path) == _default_config(p.method, table.dataset)
         p.label = _label(cfg)
         p.backbone = backbone_label(cfg.model.backbone.arch)
         root = cfg.train_dataloader.dataset.get('data_root')
         p.synthetic = settings.data_root is None and not (root and os.path.isdir(root))
         over = {f'model.method.{k}': v for k, v in options.items()}
         over.update(settings.cfg_options)
-        args = ['--config', str(path)] + settings.run_args()
+        # the method's default config is found by `mtlbench run` itself (a portable command)
+        args = ([] if p.variant_default else ['--config', str(path)]) + settings.run_args()
         if over:
             args += ['--cfg-options', *(f'{k}={v!r}' if isinstance(v, str) else f'{k}={v}'
                                         for k, v in over.items())]
