@@ -199,3 +199,25 @@ def test_leaderboard_shows_reported_baseline_rows(tmp_path):
     dm = (100 / 4) * ((68.57 - 67.21) / 67.21 + (55.99 - 61.93) / 61.93 + (60.64 - 62.35) / 62.35
                       - (19.42 - 17.97) / 17.97)
     assert f'{dm:+.2f}' in bitfit and not math.isnan(dm)
+
+
+def test_list_and_slurm_array_of_the_runs_without_records(tmp_path, capsys):
+    ref = _reference(tmp_path, [
+        'P,x,PASCAL-Context main,pascal_context,mtlora,r=64,cited,67.90,59.84,65.40,16.60,,,,swin-t,imagenet-1k,',
+        'P,x,PASCAL-Context main,pascal_context,mtlora,r=32,cited,67.74,59.46,64.90,16.59,,,,swin-t,imagenet-1k,'])
+    assert run_cli(['reproduce', '--list', '--reference-dir', str(ref)]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        'p-pascal-main: P (x), PASCAL-Context main — 2 row(s)', '    mtlora r=64  [cited]', '    mtlora r=32  [cited]']
+    runs = tmp_path / 'runs'
+    R.write_record(_record('mtlora', 'r=64', {'semseg': 68.1, 'human_parts': 59.4, 'sal': 65.7, 'normals': 16.7}), runs)
+    data = tmp_path / 'data'
+    data.mkdir()
+    script = tmp_path / 'array.sbatch'
+    assert run_cli(['reproduce', 'p-pascal-main', '--slurm', '--slurm-out', str(script), '--reference-dir', str(ref),
+                    '--runs', str(runs), '--data-root', str(data), '--bench', str(tmp_path / 'bench')]) == 0
+    out = capsys.readouterr().out
+    assert '(2 job(s) without a record, of 3)' in out
+    text = script.read_text()
+    assert '#SBATCH --array=0-1' in text and 'reproduce-p-pascal-main' in text
+    assert '--method single_task' in text and 'model.method.r=32' in text
+    assert 'model.method.r=64' not in text  # its record exists
