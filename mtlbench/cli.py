@@ -1,4 +1,4 @@
-"""``mtlbench`` command line: run, params, data, leaderboard, sweep, bench, ranks, methods.
+"""``mtlbench`` command line: run, params, data, leaderboard, sweep, reproduce, bench, ranks, methods.
 
 Each subcommand is a thin layer over a library function, so everything here can also be done
 from Python. Errors a user can fix (unknown method, missing data, bad override: the classes of
@@ -127,6 +127,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     run_sweep(jobs, args.runs, dry_run=args.dry_run)
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mtlbench.reporting.tables import DEFAULT_REFERENCE_DIR
+
+    reference_dir = args.reference_dir or str(DEFAULT_REFERENCE_DIR)
+    if args.list:
+        from mtlbench.reproduce.table_ids import format_table_list, load_tables
+        print(format_table_list(load_tables(reference_dir)))
+        return 0
+    if not args.table:
+        raise OptionError('mtlbench reproduce needs a TABLE (`mtlbench reproduce --list` lists them)')
+    try:
+        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+    except ValueError:
+        raise OptionError(f'--seeds expects comma-separated integers, got {args.seeds!r}') from None
+    if not seeds:
+        raise OptionError('--seeds: no seed given')
+    from mtlbench.reproduce.command import ReproduceOptions, reproduce
+    from mtlbench.reproduce.compare import parse_tolerances
+    from mtlbench.reproduce.plan import RunSettings
+
+    settings = RunSettings(seeds=seeds, runs_dir=args.runs, data_root=args.data_root, pretrained=args.pretrained,
+                           work_dir=args.work_dir, cfg_options=_parse_cfg_options(args.cfg_options),
+                           epochs=args.epochs, batch_size=args.batch_size, img_size=args.img_size,
+                           num_workers=args.num_workers, synthetic_samples=args.synthetic_samples,
+                           max_samples=args.max_samples, tasks=args.tasks)
+    opts = ReproduceOptions(table=args.table, settings=settings, reference_dir=reference_dir,
+                            bench_dir=args.bench, dry_run=args.dry_run, slurm=args.slurm,
+                            slurm_out=args.slurm_out, gpus_per_job=args.gpus_per_job,
+                            tolerances=parse_tolerances(args.tol))
+    result = reproduce(opts)
+    return 1 if any(o.status == 'failed' for o in result.outcomes) else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -297,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
             'mtlbench methods mtlora                           # options of a method, with help and defaults',
             'mtlbench leaderboard --dataset pascal_context --with-reported',
             'mtlbench sweep --methods mtlora,faar --seeds 0,1,2 --emit slurm',
+            'mtlbench reproduce faar-pascal-main --dry-run     # the runs a paper\'s table needs',
             '',
             'Errors in your input (unknown method, bad option, missing file) are one line, exit code 2;',
             'anything else is a bug and keeps its traceback. --debug (or MTLBENCH_DEBUG=1) shows the',
@@ -415,6 +449,47 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument('--gpus-per-job', type=int, default=1, help='with --emit slurm: GPUs (torchrun processes) per job')
     sw.add_argument('extra', nargs=argparse.REMAINDER, help='-- extra arguments passed to every run')
     sw.set_defaults(func=cmd_sweep)
+
+    rp = _sub(sub, 'reproduce', "plan, run and compare every run of a paper's table", epilog=_examples(
+        'mtlbench reproduce --list                          # the tables and their rows',
+        'mtlbench reproduce faar-pascal-main --dry-run      # the runs it needs and their projected cost',
+        'mtlbench reproduce mtlora-pascal-main --seeds 0,1,2 --data-root /data/PASCAL_MT --pretrained swin_t.pth',
+        'mtlbench reproduce faar-pascal-main --slurm --data-root /data/PASCAL_MT --pretrained swin_t.pth',
+        '',
+        'Table ids are <paper>-<dataset>-<table> from results/reference/*.csv, lowercased with runs of other',
+        'characters as "-" (pascal / nyud; the table name without the dataset\'s name). Runs with a record',
+        'are skipped; once records exist the paper\'s table and mtlbench\'s are printed side by side with',
+        'ours - paper per cell and a verdict per row ("synthetic" for synthetic data or the toy backbone).'))
+    rp.add_argument('table', nargs='?', help='table id, e.g. faar-pascal-main (see --list)')
+    rp.add_argument('--list', action='store_true', help='list the tables with their rows and exit')
+    rp.add_argument('--seeds', default='0', help='comma-separated seeds of every run')
+    rp.add_argument('--dry-run', action='store_true', help='print the plan, its projected cost and which runs have '
+                    'records; run nothing')
+    rp.add_argument('--slurm', action='store_true', help='write a Slurm job array of the runs without a record '
+                    '(the sweep\'s) instead of running them here')
+    rp.add_argument('--slurm-out', help='with --slurm: the script to write (default: slurm/reproduce_<table>.sbatch)')
+    rp.add_argument('--gpus-per-job', type=int, default=1, help='with --slurm: GPUs (torchrun processes) per job')
+    rp.add_argument('--tol', help='per-task tolerance of the verdicts, e.g. semseg=0.5,normals=0.2 (default: '
+                    '0.5 for mIoU tasks, 0.2 degrees for normals, 0.01 m for depth)')
+    rp.add_argument('--runs', default='results/runs', help='folder of run records (read and written)')
+    rp.add_argument('--bench', default='results/bench', help='folder of bench records (projected cost)')
+    rp.add_argument('--reference-dir', help='folder of the reported-rows CSVs (default: results/reference)')
+    rp.add_argument('--data-root', help='dataset root of every run (default: the config\'s, else synthetic data)')
+    rp.add_argument('--pretrained', help='local Swin backbone weights of every run (default: random init)')
+    rp.add_argument('--work-dir', help='parent of the runs\' work dirs, one sub-folder per run (default: each '
+                    'run\'s own under work_dirs/)')
+    rp.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE',
+                    help='config overrides of every run (as for `run`), applied after the row\'s own options')
+    rp.add_argument('--epochs', type=int, help='training epochs of every run (default: the config\'s)')
+    rp.add_argument('--batch-size', type=int, help='per-GPU batch size of every run (default: the config\'s)')
+    rp.add_argument('--num-workers', type=int, help='data-loader workers of every run (default: the config\'s)')
+    rp.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
+                    help='network input size of every run (default: the config\'s)')
+    rp.add_argument('--max-samples', type=int, help='use only the first N samples of each split (default: all)')
+    rp.add_argument('--tasks', nargs='+', help="train and compare only these tasks (default: all the dataset's; "
+                    'a subset is never comparable to the papers: for quick checks)')
+    rp.add_argument('--synthetic-samples', type=int, help=argparse.SUPPRESS)
+    rp.set_defaults(func=cmd_reproduce)
 
     b = _sub(sub, 'bench', 'throughput / memory / FLOPs on synthetic tensors, or the data loader', epilog=_examples(
         'mtlbench bench --method mtlora                    # CPU, batch 2, 448x448',

@@ -54,6 +54,9 @@ class SweepJob:
         args (tuple[str]): further CLI arguments (method options, then the sweep's extras).
         synthetic (bool, optional): the run uses synthetic data (matched against records);
             None: unknown, records of either kind match.
+        match (tuple[tuple[str, Any]]): further record fields a matching record must have,
+            as ``(field, value)`` pairs (e.g. ``(('backbone', 'swin-t'),)``); lists in a record
+            compare equal to tuples.
     """
     method: str
     seed: int
@@ -61,6 +64,7 @@ class SweepJob:
     variant: Optional[str] = None
     args: Tuple[str, ...] = ()
     synthetic: Optional[bool] = False
+    match: Tuple[Tuple[str, Any], ...] = ()
 
     @property
     def name(self) -> str:
@@ -88,19 +92,26 @@ class SweepOutcome:
     records: List[str] = field(default_factory=list)
 
 
-def _parse_spec(spec: MethodSpec) -> Tuple[str, Optional[str], Tuple[str, ...]]:
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+def _parse_spec(spec: MethodSpec) -> Tuple[str, Optional[str], Tuple[str, ...], Tuple[Tuple[str, Any], ...]]:
     if isinstance(spec, str):
-        return spec, None, ()
+        return spec, None, (), ()
     if isinstance(spec, Mapping):
         if 'method' not in spec:
             raise OptionError(f'method spec {spec!r} has no "method"')
-        bad = set(spec) - {'method', 'variant', 'args'}
+        bad = set(spec) - {'method', 'variant', 'args', 'match'}
         if bad:
             raise OptionError(f'method spec {spec!r}: unknown key(s) {sorted(bad)}')
         args = spec.get('args', ())
         if isinstance(args, str):
             args = shlex.split(args)
-        return str(spec['method']), spec.get('variant'), tuple(str(a) for a in args)
+        match = tuple((str(k), _hashable(v)) for k, v in dict(spec.get('match') or {}).items())
+        return str(spec['method']), spec.get('variant'), tuple(str(a) for a in args), match
     if isinstance(spec, tuple) and 1 <= len(spec) <= 3:
         method = spec[0]
         variant = spec[1] if len(spec) > 1 else None
@@ -116,8 +127,9 @@ def plan_sweep(methods: Sequence[MethodSpec], seeds: Iterable[int], dataset: str
 
     Args:
         methods (list): each a method key (``'mtlora'``), a dict ``{'method', 'variant',
-            'args'}`` or a tuple ``(method, variant, args)``; ``args`` are that method's own
-            CLI arguments (a list or one shell-quoted string).
+            'args', 'match'}`` or a tuple ``(method, variant, args)``; ``args`` are that method's
+            own CLI arguments (a list or one shell-quoted string), ``match`` a dict of further
+            record fields an existing record must have to count as done (:class:`SweepJob`).
         seeds (list[int]): seeds to run for every method.
         dataset (str): dataset key.
         extra_args (list[str]): arguments appended to every job.
@@ -135,7 +147,7 @@ def plan_sweep(methods: Sequence[MethodSpec], seeds: Iterable[int], dataset: str
     jobs: List[SweepJob] = []
     seen = set()
     for spec in methods:
-        method, variant, margs = _parse_spec(spec)
+        method, variant, margs, match = _parse_spec(spec)
         args = margs + extra
         if synthetic is not None:
             syn: Optional[bool] = bool(synthetic)
@@ -147,7 +159,7 @@ def plan_sweep(methods: Sequence[MethodSpec], seeds: Iterable[int], dataset: str
             syn = None
         for seed in seeds:
             job = SweepJob(method=method, seed=seed, dataset=dataset, variant=variant,
-                           args=args, synthetic=syn)
+                           args=args, synthetic=syn, match=match)
             if job not in seen:
                 seen.add(job)
                 jobs.append(job)
@@ -155,8 +167,8 @@ def plan_sweep(methods: Sequence[MethodSpec], seeds: Iterable[int], dataset: str
 
 
 def find_existing(job: SweepJob, records: Iterable[Mapping]) -> List[Mapping]:
-    """Run records that already answer ``job`` (method, dataset, seed, synthetic flag and,
-    when the job names one, variant)."""
+    """Run records that already answer ``job`` (method, dataset, seed, synthetic flag, the
+    job's ``match`` fields and, when the job names one, variant)."""
     out = []
     for r in records:
         if r.get('kind') != 'run':
@@ -164,7 +176,8 @@ def find_existing(job: SweepJob, records: Iterable[Mapping]) -> List[Mapping]:
         if (r.get('method') == job.method and r.get('dataset') == job.dataset
                 and r.get('seed') == job.seed
                 and (job.synthetic is None or bool(r.get('synthetic')) == job.synthetic)
-                and (job.variant is None or r.get('variant') == job.variant)):
+                and (job.variant is None or r.get('variant') == job.variant)
+                and all(_hashable(r.get(k)) == v for k, v in job.match)):
             out.append(r)
     return out
 

@@ -231,6 +231,9 @@ def _diff_cells(d: DiffTable) -> _Cells:
         heads.append(f'{t} {spec.primary_metric} {_arrow(spec.higher_is_better)} '
                      f'(ours / paper)')
     heads += ['Δm (%) (ours / paper)', 'trainable M (ours / paper)']
+    verdicts = 'verdict' in d.rows.columns  # mtlbench reproduce's per-row verdict
+    if verdicts:
+        heads.append('verdict')
     c = _Cells(heads)
     for i in range(len(d.rows)):
         r = d.rows.loc[i]
@@ -247,5 +250,7 @@ def _diff_cells(d: DiffTable) -> _Cells:
         cells.append(f'{_fmt_num(r["params_diff_m"], 2, signed=True)} '
                      f'({_fmt_num(r["params_reproduced_m"])} / '
                      f'{_fmt_num(r["params_reported_m"])})')
+        if verdicts:
+            cells.append(r['verdict'])
         c.rows.append([str(x) for x in cells])
     return c
