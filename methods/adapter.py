@@ -25,7 +25,7 @@ parameters + 23,232 LayerNorm parameters + decoder 1,946,624 = 4,137,440 trainab
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -63,13 +63,20 @@ class BottleneckAdapted(AdapterLayer):
         base_layer: the frozen linear.
         hidden: bottleneck width.
         init_std: std of the down-projection weights (the up-projection starts at zero).
+        projections: ``(down, up)`` modules to use instead of dense ``nn.Linear`` ones (the
+            low-rank and PHM adapters: ``methods/low_rank_adapter.py``, ``methods/compacter.py``),
+            initialised by their owner; ``hidden`` and ``init_std`` are then unused.
     """
 
-    def __init__(self, base_layer: nn.Linear, hidden: int, init_std: float = 0.02) -> None:
+    def __init__(self, base_layer: nn.Linear, hidden: int, init_std: float = 0.02,
+                 projections: Optional[Tuple[nn.Module, nn.Module]] = None) -> None:
         super().__init__(base_layer)
         d = self.out_features
-        self.down = nn.Linear(d, hidden)
         self.act = nn.GELU()
+        if projections is not None:
+            self.down, self.up = projections
+            return
+        self.down = nn.Linear(d, hidden)
         self.up = nn.Linear(hidden, d)
         nn.init.normal_(self.down.weight, std=init_std)
         nn.init.zeros_(self.down.bias)
@@ -92,12 +99,19 @@ class Adapter(Method):
     def variant(self) -> str:
         return f'rf={self.config.reduction_factor}'
 
+    def bottleneck_width(self, channels: int) -> int:
+        """Bottleneck width of an adapter on a ``channels``-wide site."""
+        return max(1, channels // self.config.reduction_factor)
+
+    def adapter_layer(self, base_layer: nn.Linear, site) -> AdapterLayer:
+        """The module that replaces ``site`` (variants change the projections here)."""
+        return BottleneckAdapted(base_layer, self.bottleneck_width(site.out_features), self.config.init_std)
+
     def adapt(self, backbone: nn.Module) -> List[str]:
         c = self.config
         done = []
         for site in backbone.select_sites(kinds=c.kinds):
-            hidden = max(1, site.out_features // c.reduction_factor)
-            backbone.replace_site(site.name, BottleneckAdapted(backbone.get_submodule(site.name), hidden, c.init_std))
+            backbone.replace_site(site.name, self.adapter_layer(backbone.get_submodule(site.name), site))
             done.append(site.name)
         if not done:
             raise ValueError(f'adapter matched no backbone site of kinds {c.kinds}')
