@@ -172,8 +172,8 @@ class Compacter(Adapter):
         widths = sorted({s.out_features for s in sites})
         bad = [w for w in widths if w % c.phm_dim]
         if bad:
-            raise OptionError(f'{self.name}: phm_dim={c.phm_dim} does not divide the adapted width(s) {bad} '
-                              f'(widths {widths}); choose a phm_dim that divides all of them')
+            raise OptionError(f'{self.name}: phm_dim={c.phm_dim} does not divide the adapted width(s) {bad} of '
+                              f'{widths}; choose a phm_dim that divides all of them')
         self._rule = self.new_rule() if c.shared_rule else None
         try:
             return super().adapt(backbone)

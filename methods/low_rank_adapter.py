@@ -105,7 +105,7 @@ class LowRankLinear(nn.Module):
 
 @METHODS.register_module('low_rank_adapter')
 class LowRankAdapter(Adapter):
-    """Houlsby-placed bottleneck adapters with rank-``r`` down and up projections."""
+    """Houlsby-placed bottleneck adapters with rank-r down and up projections."""
     config_cls = LowRankAdapterConfig
 
     def variant(self) -> str:
