@@ -25,10 +25,10 @@ TOLERANCE = 0.02
 
 # The baselines of the MTL PEFT tables that mtlbench registers.
 REGISTERED_BASELINES = ('single_task', 'full_ft', 'decoder_only', 'bitfit', 'relative_bias',
-                        'vpt_shallow', 'vpt_deep', 'adapter', 'shared_lora')
+                        'vpt_shallow', 'vpt_deep', 'adapter', 'shared_lora',
+                        'low_rank_adapter', 'compacter', 'compacter_pp', 'vl_adapter')
 # Keys reserved in the reference CSVs for the table's rows with no mtlbench method yet.
-UNREGISTERED_BASELINES = ('low_rank_adapter', 'compacter', 'compacter_pp', 'vl_adapter',
-                          'hyperformer', 'polyhistor', 'polyhistor_lite')
+UNREGISTERED_BASELINES = ('hyperformer', 'polyhistor', 'polyhistor_lite')
 
 # Baselines whose printed count depends on a choice the published text leaves open.
 AMBIGUOUS_DESIGN = {
@@ -41,6 +41,13 @@ AMBIGUOUS_DESIGN = {
                 'tokens are already 2.2% of the total) and shared or per-task prompts',
     'adapter': 'bottleneck width not stated (mtlbench: C/4, 2,167,584 adapter parameters, '
                'about 1/reduction) and shared or per-task adapters',
+    'low_rank_adapter': 'bottleneck width not stated for Swin (mtlbench: the Compacter paper\'s C/32, '
+                        'rank 1) and shared or per-task adapters',
+    'compacter': 'bottleneck width not stated for Swin (mtlbench: the Compacter paper\'s C/32 rounded up '
+                 'to a multiple of n = 4) and shared or per-task adapters',
+    'compacter_pp': 'as compacter, with the post-MLP adapter only',
+    'vl_adapter': 'bottleneck width not stated for Swin (mtlbench: VL-Adapter\'s single-adapter '
+                  'reduction 8)',
     'shared_lora': 'rank and adapted layers not stated; asked, an MTLoRA author recalled the LoRA '
                    'row only as "most likely" one LoRA shared by all tasks, and a user could not '
                    'match its count with rank 4 on qkv or qkv+proj (github.com/scale-lab/MTLoRA/issues/8)',
