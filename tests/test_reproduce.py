@@ -62,6 +62,29 @@ def test_dry_run_adds_the_baseline_and_lists_unmappable_variants(tmp_path, capsy
     assert 'Sweep plan: 2 job(s)' in out
 
 
+@pytest.mark.parametrize('table, configs', [
+    ('faar-pascal-ablation', ('faar-dora-r64', 'faar-pdrs-lora', 'faar-pdrs-dora', 'faar-tspd')),
+    ('free-sinewich-pascal-ablation-r-64', ('free-sinewich-r64-no-clock', 'free-sinewich-r64-no-lowpass',
+                                            'free-sinewich-r64-no-sine', 'free-sinewich-r64-indep-base',
+                                            'free-sinewich-r64-indep-decoder')),
+])
+def test_ablation_rows_in_words_map_to_the_configs_that_name_them(tmp_path, capsys, table, configs):
+    assert run_cli(['reproduce', table, '--dry-run', '--runs', str(tmp_path / 'runs'),
+                    '--bench', str(tmp_path / 'bench')]) == 0
+    out = capsys.readouterr().out
+    assert 'not runnable' not in out
+    for name in configs:   # the ablation configs, by hand from configs/<method>/
+        assert f'{name}_swin-t_pascal-context.py' in out, name
+
+
+def test_paper_rows_are_read_from_the_file_itself_not_inherited(tmp_path):
+    from mtlbench.reproduce.plan import declared_paper_rows
+    (tmp_path / 'base.py').write_text("paper_rows = ['ablation: + TS-PD']\nmodel = dict()\n")
+    (tmp_path / 'child.py').write_text("_base_ = ['./base.py']\nmodel = dict(method=dict(r=8))\n")
+    assert declared_paper_rows(tmp_path / 'base.py') == ['ablation: + TS-PD']
+    assert declared_paper_rows(tmp_path / 'child.py') == []
+
+
 def test_unknown_table_is_one_line_with_close_matches(capsys):
     from mtlbench.cli import main
     assert main(['reproduce', 'faar-pascl-main', '--dry-run']) == 2

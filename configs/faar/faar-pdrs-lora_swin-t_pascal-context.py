@@ -1,3 +1,5 @@
 _base_ = ['./faar-full_swin-t_pascal-context.py']
 # Ablation "+ PDRS w/ LoRA": plain LoRA adapters with PDRS, no TS-PD.
 model = dict(method=dict(adapter='lora', tspd=False))
+# The paper's table row this config reproduces (`mtlbench reproduce`; results/reference/*.csv).
+paper_rows = ['ablation: + PDRS w/ LoRA']

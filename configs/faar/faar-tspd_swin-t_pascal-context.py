@@ -4,3 +4,5 @@ _base_ = ['./faar-full_swin-t_pascal-context.py']
 # PDRS: plain LoRA adapters at rank 64 (FAAR's layout, the nearest to that base in this package),
 # no prefix masking, no pruning, with the TS-PD decoder (XT-Cons on).
 model = dict(method=dict(adapter='lora', pdrs=False, tspd=True, xtcons=True))
+# The paper's table row this config reproduces (`mtlbench reproduce`; results/reference/*.csv).
+paper_rows = ['ablation: + TS-PD']

@@ -6,3 +6,5 @@ _base_ = [
     '../_base_/default_runtime.py',
 ]
 model = dict(method=dict(type='free_sinewich', r=64, lowpass=False))
+# The paper's table row this config reproduces (`mtlbench reproduce`; results/reference/*.csv).
+paper_rows = ['ablation: r=64 w/o low-pass']

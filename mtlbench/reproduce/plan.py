@@ -1,12 +1,16 @@
 """A paper's table as sweep jobs: the single-task baselines and each row's method and variant.
 
-A row's ``variant`` becomes config options by two rules, tried in order:
+A row's ``variant`` becomes config options by these rules, tried in order:
 
 1. empty: the method's default config (``configs/<method>/<method>_swin-t_<dataset>.py``);
 2. ``key=value`` words naming the method's options (``r=64`` -> ``model.method.r=64``, see
    ``mtlbench methods NAME``): the default config with those options;
 3. otherwise the shipped config of the method whose own label (``Method.variant()``, what a run
-   record stores) reads the same, ignoring case and spaces.
+   record stores) reads the same, ignoring case and spaces;
+4. otherwise the shipped config that names the row in its own ``paper_rows`` list (the paper's
+   variant text as the CSV prints it, e.g. ``paper_rows = ['ablation: + TS-PD']``). Only the
+   file's own assignment counts, never one inherited through ``_base_``, so a config derived
+   from an ablation config does not claim its row.
 
 A row no rule maps (an ablation described in words, an unregistered method) is listed as "not
 runnable" with the reason. Each runnable row carries the label its records will have (the
@@ -184,8 +188,29 @@ def _map_variant(method: str, variant: str, dataset: str, backbone: str):
                 return path, {}, None
         except Exception:  # noqa: BLE001 - a config that does not build matches nothing
             continue
+    for path in list_configs(method):
+        if path.name.endswith(suffix) and _norm(variant) in {_norm(r) for r in declared_paper_rows(path)}:
+            return path, {}, None
     return None, {}, (f'variant {variant!r} is neither option=value words of {method} '
-                      f'(`mtlbench methods {method}`) nor the label of one of its {dataset} configs')
+                      f'(`mtlbench methods {method}`), nor the label of one of its {dataset} configs, '
+                      f'nor in the paper_rows of one of them')
+
+
+def declared_paper_rows(path: Path) -> List[str]:
+    """The ``paper_rows`` a config file assigns itself (read from its text, not inherited)."""
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError):
+        return []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == 'paper_rows'
+                                                for t in node.targets):
+            try:
+                rows = ast.literal_eval(node.value)
+            except ValueError:
+                return []
+            return [str(r) for r in (rows if isinstance(rows, (list, tuple)) else [rows])]
+    return []
 
 
 def _slug(text: str) -> str:
