@@ -11,7 +11,10 @@ What differs from a plain Swin, and why:
 * **Streams.** Tensors carry a leading stream axis ``[S, B, H, W, C]``
   (:mod:`mtlbench.backbones.streams`). A method's task adapters in the last block of each stage
   fork the shared stream into ``1 + T`` streams; everything after (norms, MLP, PatchMerging)
-  runs on all streams at once. Only the shared stream continues into the next stage.
+  runs on all streams at once. Only the shared stream continues into the next stage, unless a
+  method sets :attr:`SwinBackbone.carry_task_streams` (task adapters in every block, e.g.
+  HyperFormer / Polyhistor): then every stream continues, so each task has its own path through
+  the whole backbone.
 * **Features after PatchMerging.** As in the reference, the four maps sent to the decoder are
   taken after each stage's PatchMerging: 2C/4C/8C/8C channels (192/384/768/768 for Swin-T) at strides 8/16/32/32 (the
   last stage has no merging). In timm's layout PatchMerging sits at the *start* of stages 1-3,
@@ -446,6 +449,10 @@ class SwinBackbone(nn.Module):
             [patch_size * 2 ** (self.num_stages - 1)]
         # Set by methods with prefix tokens: a module mapping batch size -> prompts [B, P, embed_dim].
         self.prompt_embed: Optional[nn.Module] = None
+        # Set by methods whose task adapters sit in every block (not only each stage's last):
+        # when True, all 1 + T streams continue from one stage into the next, not only the
+        # shared one, so a stream forked in stage 0 stays a task's own path to the end.
+        self.carry_task_streams: bool = False
         self.apply(self._init_weights)
         self.pretrained = pretrained
         self.pretrained_on = resolve_pretrained_on(pretrained, pretrained_on)
@@ -522,7 +529,8 @@ class SwinBackbone(nn.Module):
             if i > 0:
                 merged = stage.downsample(x)          # all streams of the previous stage at once
                 feats.append(merged)
-                x = merged[:1]                         # only the shared stream continues
+                # only the shared stream continues, unless the method carries task streams
+                x = merged if self.carry_task_streams else merged[:1]
                 if prompts is not None and stage.prompt_merge is not None:
                     prompts = stage.prompt_merge(prompts)
             for blk in stage.blocks:

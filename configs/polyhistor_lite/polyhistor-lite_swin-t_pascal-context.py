@@ -1,0 +1,7 @@
+_base_ = [
+    '../_base_/models/swin-t_hrnet.py',
+    '../_base_/datasets/pascal_context.py',
+    '../_base_/schedules/adamw_300e.py',
+    '../_base_/default_runtime.py',
+]
+model = dict(method=dict(type='polyhistor_lite', reduction_factor=4, rank=8))

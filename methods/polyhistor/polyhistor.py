@@ -1,0 +1,95 @@
+"""Polyhistor and Polyhistor-Lite (Liu et al., NeurIPS 2022, arXiv 2210.03265).
+
+Both keep HyperFormer's structure (``hyperformer.py``: task-specific bottleneck adapters after
+attention and MLP in every block, written by a hypernetwork shared across tasks and layers) and
+shrink its hypernetwork:
+
+* **Decomposed HyperNetworks** (Sec. 4.1, ``polyhistor``): instead of emitting a ``C x b``
+  adapter weight, two smaller hypernetworks emit its low-rank factors: a "left" one
+  ``[L_d | L_u]`` and a "right" one ``[R_d | R_u]``, ``down = L_d R_d^T``, ``up = L_u R_u^T``
+  (``hypernetwork.py``). The paper's argument: HyperFormer's output layer scales with the adapter
+  size, the factors' with ``ρ (C + b)``.
+* **Layer-wise Scaling Kernels** (Sec. 4.2) plus the decomposed hypernetwork = **Polyhistor-Lite**
+  (Sec. 4.3, ``polyhistor_lite``): the hypernetwork emits only "template kernels" of the first
+  stage's size (``C1 x b1``, 96 x 24 for Swin-T), and every site owns a pair of small trainable
+  scaling kernels ``S`` (``k x k``, ``k = C / C1``: 1, 2, 4, 8 for Swin-T) that expand a
+  template to its width as ``kron(S, template)`` (``adapter.py``). Biases are repeated ``k``
+  times (``kron(1_k, bias)``).
+
+Not in the text we could read, chosen (each an option; the evidence is only the paper's
+description of the two components, which fixes neither sizes nor inits):
+
+* ``rank=8`` (``ρ``) and ``reduction_factor=4`` (bottleneck ``C // 4``; in Lite the template's
+  ``C1 // 4`` scaled by ``k`` gives the same ``C // 4`` per stage);
+* ``polyhistor`` sizes its generators per stage width (``width_mode='per_stage'``, or
+  ``'slice'``); Lite has one template-size generator by construction (``'template'``);
+* scaling kernels start as ones (``scaling_init='ones'``: ``kron`` with ones repeats the
+  template, the "repeat" reading of the paper's figure; ``'identity'`` gives block-diagonal
+  copies) and are shared by the tasks (one pair per layer and position, "layer-wise");
+* task, layer and position conditioning as in HyperFormer++ (``condition.py``); the up factor
+  ``R_u`` starts at zero so the adapted backbone starts as the pretrained one.
+
+Trainable parameters: ``mtlbench params --method polyhistor|polyhistor_lite``; the formulas are
+checked on a toy Swin in ``tests/test_method_hyper_baselines.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mtlbench.registry import METHODS
+
+from .hyperformer import HyperFormer, HyperFormerConfig
+
+__all__ = ['PolyhistorConfig', 'Polyhistor', 'PolyhistorLiteConfig', 'PolyhistorLite']
+
+
+@dataclass
+class PolyhistorConfig(HyperFormerConfig):
+    """HyperFormer's options plus the factor rank of the Decomposed HyperNetworks."""
+    rank: int = field(default=8, metadata={'help': 'rank of the generated factors (down = L_d R_d^T)'})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank < 1:
+            raise ValueError(f'rank must be >= 1, got {self.rank}')
+
+
+@METHODS.register_module('polyhistor')
+class Polyhistor(HyperFormer):
+    """Decomposed HyperNetworks: the shared hypernetwork emits low-rank factors of each adapter."""
+    config_cls = PolyhistorConfig
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return self.config.rank
+
+    def variant(self) -> str:
+        return f'rf={self.config.reduction_factor},rank={self.config.rank}'
+
+
+@dataclass
+class PolyhistorLiteConfig(PolyhistorConfig):
+    """Polyhistor's options; the generator emits first-stage templates, scaled per layer."""
+    width_mode: str = field(default='template', metadata={'help': "must stay 'template' (Layer-wise Scaling Kernels)"})
+    scaling_init: str = field(default='ones', metadata={'help': "scaling kernels' init: 'ones' (repeat) or 'identity'"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scaling_init not in ('ones', 'identity'):
+            raise ValueError(f"scaling_init must be 'ones' or 'identity', got {self.scaling_init!r}")
+
+    @staticmethod
+    def valid_width_modes() -> tuple:
+        return ('template',)
+
+
+@METHODS.register_module('polyhistor_lite')
+class PolyhistorLite(Polyhistor):
+    """Decomposed HyperNetworks emitting template kernels + Layer-wise Scaling Kernels."""
+    config_cls = PolyhistorLiteConfig
+
+    def scale_factor(self, width: int, template_width: int) -> int:
+        if width % template_width:
+            raise ValueError(f'polyhistor_lite: site width {width} is not a multiple of the template width '
+                             f'{template_width}')
+        return width // template_width
