@@ -1,0 +1,185 @@
+"""HyperFormer, Polyhistor and Polyhistor-Lite: the mechanism against computations by hand.
+
+* the adapter weights a site uses are the hypernetwork applied by hand (explicit products and
+  ``einsum`` over the module's own parameters) to the task, layer and position embeddings;
+  Polyhistor-Lite's scaling kernels expand the template as ``torch.kron`` does;
+* a site's forward is ``h + gelu(h W_d + b_d) W_u + b_u`` per task stream, by hand;
+* changing one task's embedding changes that task's outputs and no other task's;
+* with the up generators at zero (the default) the adapted backbone is the plain backbone;
+* trainable-parameter counts from the formula on a toy Swin (4 tasks).
+
+Published counts: the Polyhistor table (NeurIPS 2022) and the MTLoRA table (CVPR 2024) print
+counts for these rows, but no copy of those tables could be retrieved while writing this, so
+none is compared here; the designs' sizes are not given in the text we could read either
+(each method's docstring states its choices).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mtlbench.methods  # noqa: F401
+from mtlbench.backbones.swin import SwinBackbone
+from mtlbench.method import param_breakdown
+from mtlbench.methods.polyhistor.adapter import GeneratedAdapterLinear, kron_expand
+from mtlbench.params import build_model_from_config
+
+TOY = {'model.backbone.arch': 'toy', 'model.backbone.img_size': (224, 224)}
+METHODS = ['hyperformer', 'polyhistor', 'polyhistor_lite']
+WIDTHS = (16, 32, 64, 128)          # toy Swin stage widths; two blocks per stage
+T = 4                               # PASCAL-Context tasks
+
+
+def _model(method, **opts):
+    cfg = dict(TOY)
+    cfg.update({f'model.method.{k}': v for k, v in opts.items()})
+    torch.manual_seed(0)
+    return build_model_from_config(method, 'pascal_context', cfg_options=cfg)
+
+
+def _perturb(model):
+    """Move every trainable backbone parameter off its init (the up generators start at zero)."""
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+
+
+def _condition_by_hand(cond, layer, position):
+    e = torch.cat([cond.task_embed, cond.layer_embed[layer].expand(T, -1),
+                   cond.position_embed[position].expand(T, -1)], dim=1)
+    l1, l2 = cond.projector[0], cond.projector[2]
+    hidden = torch.clamp(torch.einsum('ti,hi->th', e, l1.weight) + l1.bias, min=0)
+    return torch.einsum('th,oh->to', hidden, l2.weight) + l2.bias
+
+
+def _weights_by_hand(method, model, site):
+    """(down [T,C,b], down bias, up [T,b,C], up bias) of a site, from the parameters by hand."""
+    hyper = model.backbone.hypernetwork
+    I = _condition_by_hand(hyper.condition, site.layer, site.position)
+    C = site.out_features
+    G = C if method != 'polyhistor_lite' else WIDTHS[0]
+    b = G // 4
+    gen = hyper.generators[str(G)]
+    if method == 'hyperformer':
+        out = I @ gen['full'].weight.T + gen['full'].bias
+        parts = torch.split(out, [C * b, b, b * C, C], dim=1)
+        return parts[0].reshape(T, C, b), parts[1], parts[2].reshape(T, b, C), parts[3]
+    r = 8
+    left = I @ gen['left'].weight.T + gen['left'].bias
+    right = I @ gen['right'].weight.T + gen['right'].bias
+    bias = I @ gen['bias'].weight.T + gen['bias'].bias
+    L_d, L_u = left[:, :G * r].reshape(T, G, r), left[:, G * r:].reshape(T, b, r)
+    R_d, R_u = right[:, :b * r].reshape(T, b, r), right[:, b * r:].reshape(T, G, r)
+    down = torch.einsum('tcr,tbr->tcb', L_d, R_d)
+    up = torch.einsum('tbr,tcr->tbc', L_u, R_u)
+    down_bias, up_bias = bias[:, :b], bias[:, b:]
+    if method == 'polyhistor_lite':
+        k = C // G
+        down = torch.stack([torch.kron(site.scale_down, down[t]) for t in range(T)])
+        up = torch.stack([torch.kron(site.scale_up, up[t]) for t in range(T)])
+        down_bias = torch.cat([down_bias] * k, dim=1)
+        up_bias = torch.cat([up_bias] * k, dim=1)
+    return down, down_bias, up, up_bias
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_generated_weights_and_forward_equal_the_hypernetwork_by_hand(method):
+    model = _model(method)
+    _perturb(model)
+    sites = [m for m in model.backbone.modules() if isinstance(m, GeneratedAdapterLinear)]
+    assert len(sites) == 2 * 8   # after proj and fc2 in each of the toy's 8 blocks
+    assert sorted({(s.layer, s.position) for s in sites}) == [(l, p) for l in range(8) for p in (0, 1)]
+    for site in (sites[0], sites[9], sites[-1]):   # widths 16, 64, 128
+        C = site.out_features
+        with torch.no_grad():
+            got = site.generated()
+            want = _weights_by_hand(method, model, site)
+        assert [tuple(w.shape) for w in got] == [(T, C, C // 4), (T, C // 4), (T, C // 4, C), (T, C)]
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+        # the site applies task t's adapter to task t's stream; stream 0 is the frozen output
+        x = torch.randn(1 + T, 3, 5, site.in_features)
+        with torch.no_grad():
+            y = site(x)
+            h = x @ site.base_layer.weight.T + site.base_layer.bias
+            torch.testing.assert_close(y[0], h[0])
+            d, db, u, ub = want
+            for t in range(T):
+                ref = h[1 + t] + F.gelu(h[1 + t] @ d[t] + db[t]) @ u[t] + ub[t]
+                torch.testing.assert_close(y[1 + t], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_scaling_kernels_expand_the_template_as_a_kronecker_product():
+    S = torch.randn(4, 4)
+    tmpl = torch.randn(3, 16, 4)
+    out = kron_expand(S, tmpl)
+    assert out.shape == (3, 64, 16)
+    for t in range(3):
+        torch.testing.assert_close(out[t], torch.kron(S, tmpl[t]))
+    # in the model: stage widths / 16 = 1, 2, 4, 8; ones at init = the template repeated k x k
+    model = _model('polyhistor_lite')
+    sites = [m for m in model.backbone.modules() if isinstance(m, GeneratedAdapterLinear)]
+    assert [s.scale_down.shape[0] for s in sites] == [C // 16 for C in WIDTHS for _ in range(4)]
+    site = sites[-1]
+    with torch.no_grad():
+        down = site.generated()[0]
+        template = model.backbone.hypernetwork(site.layer, site.position, site.out_features)[0]
+    torch.testing.assert_close(down, template.repeat(1, 8, 8))
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_one_task_embedding_changes_only_that_task(method):
+    model = _model(method).eval()
+    _perturb(model)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        before = model(x)
+        model.backbone.hypernetwork.condition.task_embed[1].add_(0.5)
+        after = model(x)
+    tasks = list(model.tasks)
+    for i, t in enumerate(tasks):
+        if i == 1:
+            assert (after[t] - before[t]).abs().max() > 1e-4, t
+        else:
+            torch.testing.assert_close(after[t], before[t], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_zero_up_init_starts_as_the_plain_backbone(method):
+    x = torch.randn(1, 3, 224, 224)
+    plain = SwinBackbone('toy', (224, 224), drop_path_rate=0.0).eval()
+    for zero, same in ((True, True), (False, False)):
+        model = _model(method, zero_init_up=zero).eval()
+        state = {k.replace('.base_layer.', '.'): v for k, v in model.backbone.state_dict().items()}
+        plain.load_state_dict({k: state[k] for k in plain.state_dict()})
+        with torch.no_grad():
+            feats, ref = model.backbone(x), plain(x)
+        assert [f.shape[0] for f in feats] == [1 + T] * 4   # task streams through every stage
+        for f, r in zip(feats, ref):
+            for s in range(1, 1 + T):
+                assert torch.allclose(f[s], r[0], atol=1e-6) == same, (zero, s)
+
+
+def _condition_count(blocks=8, positions=2, e=64, h=128, d=64):
+    return T * e + blocks * e + positions * e + (3 * e * h + h) + (h * d + d)
+
+
+@pytest.mark.parametrize('method,opts,generators', [
+    ('hyperformer', {}, sum(65 * (2 * C * (C // 4) + C // 4 + C) for C in WIDTHS)),
+    ('hyperformer', {'width_mode': 'slice'}, 65 * (2 * 128 * 32 + 32 + 128)),
+    ('polyhistor', {}, sum(65 * (2 * 8 * (C + C // 4) + C // 4 + C) for C in WIDTHS)),
+    ('polyhistor', {'rank': 2}, sum(65 * (2 * 2 * (C + C // 4) + C // 4 + C) for C in WIDTHS)),
+    # one template-size (16 x 4) generator + a pair of k x k scaling kernels per site (4 per stage)
+    ('polyhistor_lite', {}, 65 * (2 * 8 * (16 + 4) + 4 + 16) + sum(4 * 2 * (C // 16) ** 2 for C in WIDTHS)),
+])
+def test_trainable_parameters_by_formula(method, opts, generators):
+    model = _model(method, **opts)
+    counts = param_breakdown(model.backbone, model.decoder)
+    norms = sum(p.numel() for m in model.backbone.modules() if isinstance(m, torch.nn.LayerNorm)
+                for p in m.parameters())
+    assert counts['adapter'] == _condition_count() + generators
+    assert counts['backbone_other'] == norms   # LayerNorms train, nothing else of the backbone
+    split = model.method.adapter_breakdown(model.backbone)
+    assert sum(split.values()) == counts['adapter']
