@@ -183,3 +183,18 @@ def test_trainable_parameters_by_formula(method, opts, generators):
     assert counts['backbone_other'] == norms   # LayerNorms train, nothing else of the backbone
     split = model.method.adapter_breakdown(model.backbone)
     assert sum(split.values()) == counts['adapter']
+
+
+@pytest.mark.parametrize('method,generators', [
+    ('hyperformer', sum(65 * (2 * C * (C // 4) + C // 4 + C) for C in (96, 192, 384, 768))),
+    ('polyhistor', sum(65 * (2 * 8 * (C + C // 4) + C // 4 + C) for C in (96, 192, 384, 768))),
+    # sites per stage: 2 x (2, 2, 6, 2) blocks; scaling kernels k = 1, 2, 4, 8
+    ('polyhistor_lite', 65 * (2 * 8 * (96 + 24) + 24 + 96) + sum(n * 2 * k * k for n, k in ((4, 1), (4, 2), (12, 4), (4, 8)))),
+])
+def test_swin_t_pascal_counts_by_formula(method, generators):
+    """The counts ``mtlbench params --method X --dataset pascal_context`` prints (Swin-T, 4 tasks)."""
+    torch.manual_seed(0)
+    model = build_model_from_config(method, 'pascal_context')
+    counts = param_breakdown(model.backbone, model.decoder)
+    assert counts['adapter'] == _condition_count(blocks=12) + generators
+    assert counts['total_trainable'] == counts['adapter'] + 23_232 + 1_946_624   # + LayerNorms + decoder
