@@ -198,3 +198,12 @@ def test_swin_t_pascal_counts_by_formula(method, generators):
     counts = param_breakdown(model.backbone, model.decoder)
     assert counts['adapter'] == _condition_count(blocks=12) + generators
     assert counts['total_trainable'] == counts['adapter'] + 23_232 + 1_946_624   # + LayerNorms + decoder
+
+
+def test_scaling_kernels_get_no_weight_decay():
+    from mtlbench.optim import method_no_decay_ids
+    model = _model('polyhistor_lite')
+    kernels = {id(p) for m in model.backbone.modules() if isinstance(m, GeneratedAdapterLinear)
+               for p in (m.scale_down, m.scale_up)}
+    assert len(kernels) == 2 * 16 and method_no_decay_ids(model) == kernels
+    assert method_no_decay_ids(_model('polyhistor')) == set()

@@ -55,7 +55,10 @@ class GeneratedAdapterLinear(AdapterLayer):
         scaling_init: ``'ones'`` (``kron`` with ones repeats the template) or ``'identity'``
             (block-diagonal copies).
     """
-    # the pair of Layer-wise Scaling Kernels, when present, is ordinary trainable state
+    #: the Layer-wise Scaling Kernels are multiplicative gains (ones at init, like a LayerNorm
+    #: weight): weight decay would pull every scaled adapter towards zero, so they get none
+    #: (not in the paper, chosen; ``mtlbench.optim`` reads this list)
+    no_weight_decay = ('scale_down', 'scale_up')
 
     def __init__(self, base_layer: nn.Linear, hypernet: nn.Module, layer: int, position: int, num_tasks: int,
                  scale_factor: int = 0, scaling_init: str = 'ones') -> None:
