@@ -3,8 +3,14 @@ install ships it: a method package under ``methods/`` that is missing there impo
 checkout and silently vanishes from an installed copy."""
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ImportError:   # Python 3.10: the tomli backport, when installed
+    tomllib = pytest.importorskip('tomli')
 
 ROOT = Path(__file__).resolve().parents[1]
 
