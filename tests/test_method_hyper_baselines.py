@@ -54,18 +54,20 @@ def _condition_by_hand(cond, layer, position):
     return torch.einsum('th,oh->to', hidden, l2.weight) + l2.bias
 
 
-def _weights_by_hand(method, model, site):
+def _weights_by_hand(method, model, site, sliced=False):
     """(down [T,C,b], down bias, up [T,b,C], up bias) of a site, from the parameters by hand."""
     hyper = model.backbone.hypernetwork
     I = _condition_by_hand(hyper.condition, site.layer, site.position)
     C = site.out_features
-    G = C if method != 'polyhistor_lite' else WIDTHS[0]
+    G = WIDTHS[0] if method == 'polyhistor_lite' else WIDTHS[-1] if sliced else C
     b = G // 4
     gen = hyper.generators[str(G)]
     if method == 'hyperformer':
         out = I @ gen['full'].weight.T + gen['full'].bias
-        parts = torch.split(out, [C * b, b, b * C, C], dim=1)
-        return parts[0].reshape(T, C, b), parts[1], parts[2].reshape(T, b, C), parts[3]
+        parts = torch.split(out, [G * b, b, b * G, G], dim=1)
+        down, down_bias, up, up_bias = parts[0].reshape(T, G, b), parts[1], parts[2].reshape(T, b, G), parts[3]
+        c, bb = C, C // 4   # 'slice': a narrower site takes the leading rows / columns
+        return down[:, :c, :bb], down_bias[:, :bb], up[:, :bb, :c], up_bias[:, :c]
     r = 8
     left = I @ gen['left'].weight.T + gen['left'].bias
     right = I @ gen['right'].weight.T + gen['right'].bias
@@ -84,9 +86,9 @@ def _weights_by_hand(method, model, site):
     return down, down_bias, up, up_bias
 
 
-@pytest.mark.parametrize('method', METHODS)
-def test_generated_weights_and_forward_equal_the_hypernetwork_by_hand(method):
-    model = _model(method)
+@pytest.mark.parametrize('method,opts', [(m, {}) for m in METHODS] + [('hyperformer', {'width_mode': 'slice'})])
+def test_generated_weights_and_forward_equal_the_hypernetwork_by_hand(method, opts):
+    model = _model(method, **opts)
     _perturb(model)
     sites = [m for m in model.backbone.modules() if isinstance(m, GeneratedAdapterLinear)]
     assert len(sites) == 2 * 8   # after proj and fc2 in each of the toy's 8 blocks
@@ -95,7 +97,7 @@ def test_generated_weights_and_forward_equal_the_hypernetwork_by_hand(method):
         C = site.out_features
         with torch.no_grad():
             got = site.generated()
-            want = _weights_by_hand(method, model, site)
+            want = _weights_by_hand(method, model, site, sliced=bool(opts))
         assert [tuple(w.shape) for w in got] == [(T, C, C // 4), (T, C // 4), (T, C // 4, C), (T, C)]
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w)
