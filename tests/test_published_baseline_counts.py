@@ -26,9 +26,10 @@ TOLERANCE = 0.02
 # The baselines of the MTL PEFT tables that mtlbench registers.
 REGISTERED_BASELINES = ('single_task', 'full_ft', 'decoder_only', 'bitfit', 'relative_bias',
                         'vpt_shallow', 'vpt_deep', 'adapter', 'shared_lora',
-                        'low_rank_adapter', 'compacter', 'compacter_pp', 'vl_adapter')
+                        'low_rank_adapter', 'compacter', 'compacter_pp', 'vl_adapter',
+                        'hyperformer', 'polyhistor', 'polyhistor_lite')
 # Keys reserved in the reference CSVs for the table's rows with no mtlbench method yet.
-UNREGISTERED_BASELINES = ('hyperformer', 'polyhistor', 'polyhistor_lite')
+UNREGISTERED_BASELINES = ()
 
 # Baselines whose printed count depends on a choice the published text leaves open.
 AMBIGUOUS_DESIGN = {
@@ -48,6 +49,13 @@ AMBIGUOUS_DESIGN = {
     'compacter_pp': 'as compacter, with the post-MLP adapter only',
     'vl_adapter': 'bottleneck width not stated for Swin (mtlbench: VL-Adapter\'s single-adapter '
                   'reduction 8)',
+    'hyperformer': 'embedding, projector and bottleneck sizes and how one hypernetwork serves Swin\'s four '
+                   'stage widths are not stated (mtlbench: 64/128/64, C/4, one generator per width: '
+                   '25.6M; the count scales with all of them, methods/polyhistor/hyperformer.py)',
+    'polyhistor': 'factor rank, bottleneck and embedding sizes not stated (mtlbench: rank 8, C/4, '
+                  '64/128/64: 2.02M hypernetwork; methods/polyhistor/polyhistor.py)',
+    'polyhistor_lite': 'as polyhistor, plus the scaling kernels\' shape (mtlbench: k x k, k = C / 96, '
+                       'template 96 x 24) and whether they are per task',
     'shared_lora': 'rank and adapted layers not stated; asked, an MTLoRA author recalled the LoRA '
                    'row only as "most likely" one LoRA shared by all tasks, and a user could not '
                    'match its count with rank 4 on qkv or qkv+proj (github.com/scale-lab/MTLoRA/issues/8)',
