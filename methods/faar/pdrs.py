@@ -401,6 +401,10 @@ def _layout(units: List['LowRankUnit'], rows: List[int], device: torch.device):
 _LAYOUTS: Dict[tuple, dict] = {}
 
 
+def _score_dtype(p: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(p.dtype, torch.float32)
+
+
 @torch.no_grad()
 def accumulate_scores(entries: List[Tuple['LowRankUnit', int, torch.Tensor, torch.Tensor]]) -> None:
     """EMA-update the score rows of many units at once (one backward's worth).
@@ -426,7 +430,8 @@ def accumulate_scores(entries: List[Tuple['LowRankUnit', int, torch.Tensor, torc
         units = [u for u, _, _, _ in group]
         rows = [p.shape[0] if which == 0 else p.shape[1] for _, which, p, _ in group]
         lay = _layout(units, rows, device)
-        s = torch.cat([(p.detach().float() * g.float()).sum(dim=1 if which == 0 else 0)
+        # at least float32 (half-precision parameters), float64 for a float64 model
+        s = torch.cat([(p.detach().to(_score_dtype(p)) * g.to(_score_dtype(p))).sum(dim=1 if which == 0 else 0)
                        for _, which, p, g in group]).abs()
         if torch.is_tensor(scale):
             s = s / scale.to(s.device, s.dtype)
