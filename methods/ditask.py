@@ -437,8 +437,8 @@ class DiTASKLinear(AdapterLayer):
         w = self.base_layer.weight
         if torch.compiler.is_compiling():
             # Storage pointers and version counters cannot be traced: a compiled forward trusts
-            # the cache, which BatchedWarps.refresh (an eager backbone pre-hook) keeps fresh; a
-            # layer compiled on its own factorises in its graph once.
+            # the cache, which BatchedWarps.refresh_factors (an eager backbone pre-hook) keeps
+            # fresh; a layer compiled on its own factorises in its graph once.
             if self._svd is None:
                 self._svd = (None, _factorise(w, self.splits, self.in_features))
             return self._svd[1]
@@ -538,7 +538,7 @@ class BatchedWarps:
     the ones a layer did not use.
 
     Where each part runs (so that ``--compile`` gives one backbone graph that never recompiles):
-    :meth:`refresh` is a backbone pre-hook kept out of the compiler: it (re)factorises the
+    :meth:`refresh_factors` is a backbone pre-hook kept out of the compiler: it (re)factorises the
     frozen weights whose storage or version changed, which only eager code can see, so a
     compiled forward always finds fresh factors. :meth:`before` is a pre-hook of the patch
     embedding, the backbone's first module, so the compiler traces it inside the backbone's
@@ -549,7 +549,7 @@ class BatchedWarps:
         self.layers = layers
 
     @torch.compiler.disable
-    def refresh(self, module: nn.Module, args) -> None:
+    def refresh_factors(self, module: nn.Module, args) -> None:
         for layer in self.layers:
             layer._warp_pos = {}
             if layer.ditask_theta is not None or layer.ditask_task_theta is not None:
@@ -661,7 +661,7 @@ class DiTASK(Method):
         if not done:
             raise ValueError('ditask matched no backbone site')
         warps = BatchedWarps([backbone.get_submodule(name) for name in done])
-        backbone.register_forward_pre_hook(warps.refresh)
+        backbone.register_forward_pre_hook(warps.refresh_factors)
         backbone.patch_embed.register_forward_pre_hook(warps.before)
         backbone.register_forward_hook(warps.after)
         return done
