@@ -437,8 +437,8 @@ class DiTASKLinear(AdapterLayer):
         w = self.base_layer.weight
         if torch.compiler.is_compiling():
             # Storage pointers and version counters cannot be traced: a compiled forward trusts
-            # the cache (filled by the eager trace below on the first call, dropped by
-            # refresh() and by load_state_dict, which retrace).
+            # the cache, which BatchedWarps.refresh_factors (an eager backbone pre-hook) keeps
+            # fresh; a layer compiled on its own factorises in its graph once.
             if self._svd is None:
                 self._svd = (None, _factorise(w, self.splits, self.in_features))
             return self._svd[1]
@@ -536,10 +536,24 @@ class BatchedWarps:
     layer gets the positions its own call would compute (up to float64 round-off); the layers
     then interpolate their own spectra. The positions live for one forward: the post-hook drops
     the ones a layer did not use.
+
+    Where each part runs (so that ``--compile`` gives one backbone graph that never recompiles):
+    :meth:`refresh_factors` is a backbone pre-hook kept out of the compiler: it (re)factorises the
+    frozen weights whose storage or version changed, which only eager code can see, so a
+    compiled forward always finds fresh factors. :meth:`before` is a pre-hook of the patch
+    embedding, the backbone's first module, so the compiler traces it inside the backbone's
+    graph (a backbone hook would be a graph of its own, whose outputs cross into the next one).
     """
 
     def __init__(self, layers: List[DiTASKLinear]) -> None:
         self.layers = layers
+
+    @torch.compiler.disable
+    def refresh_factors(self, module: nn.Module, args) -> None:
+        for layer in self.layers:
+            layer._warp_pos = {}
+            if layer.ditask_theta is not None or layer.ditask_task_theta is not None:
+                layer.factors()
 
     def before(self, module: nn.Module, args) -> None:
         if not (module.training or torch.is_grad_enabled() or torch.compiler.is_compiling()):
@@ -561,6 +575,7 @@ class BatchedWarps:
             for (layer, name, _), part in zip(members, pos.split([t.shape[0] for t in thetas])):
                 layer._warp_pos[name] = part
 
+    @torch.compiler.disable
     def after(self, module: nn.Module, args, output) -> None:
         for layer in self.layers:
             if layer._warp_pos:
@@ -646,6 +661,7 @@ class DiTASK(Method):
         if not done:
             raise ValueError('ditask matched no backbone site')
         warps = BatchedWarps([backbone.get_submodule(name) for name in done])
-        backbone.register_forward_pre_hook(warps.before)
+        backbone.register_forward_pre_hook(warps.refresh_factors)
+        backbone.patch_embed.register_forward_pre_hook(warps.before)
         backbone.register_forward_hook(warps.after)
         return done

@@ -278,6 +278,11 @@ class FreeSinewichConfig(MethodConfig):
 
 
 # --------------------------------------------------------------------------- kernel math
+
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the sine is computed in: float32, or float64 for a float64 model."""
+    return torch.promote_types(dtype, torch.float32)
+
 def gaussian_kernel1d(size: int, sigma: float, device: Optional[torch.device] = None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Normalised 1-D Gaussian ``[size]`` (the 2-D window is its outer product)."""
@@ -646,8 +651,9 @@ class SineAWBLinear(AdapterLayer):
         """
         omega = self.frequencies() if omega is None else omega
         with torch.autocast(self.awb_A.device.type, enabled=False):
-            M = fuse_awb(self.awb_A.float(), self.awb_W.float(), self.awb_B.float(), taps_first=True)
-            z = sine_modulate(M, omega.float(), sine=False)
+            f = _at_least_fp32(self.awb_A.dtype)   # float64 stays float64 (compile parity tests)
+            M = fuse_awb(self.awb_A.to(f), self.awb_W.to(f), self.awb_B.to(f), taps_first=True)
+            z = sine_modulate(M, omega.to(f), sine=False)
             if self.sine_norm != 'rms':
                 return z, z.new_ones((1, 1, 1, 1, 1))
             ms = M.pow(2).flatten(-4).mean(-1) if self.independent else M.pow(2).mean().view(1)
@@ -780,9 +786,10 @@ class SharedModulatedConv(MethodModule):
 
     def task_weights(self) -> torch.Tensor:
         """``[T, C_out, C_in]``."""
-        omega = self.frequencies().float().view(-1, 1, 1)
+        f = _at_least_fp32(self.weight.dtype)
+        omega = self.frequencies().to(f).view(-1, 1, 1)
         with torch.autocast(self.weight.device.type, enabled=False):   # fp32 sine, as Sine-AWB
-            weight = self.weight.float()
+            weight = self.weight.to(f)
             if self.modulation == 'sine':
                 return torch.sin(omega * weight) / self.omega_ref
             if self.modulation == 'scale':

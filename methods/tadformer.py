@@ -333,11 +333,13 @@ class DynamicTaskFilter(MethodModule):
         """
         # In fp32 with autocast off: in fp16 the reference's eps 1e-10 rounds to 0, so taps with
         # a tiny spread divide by (near) zero; fp32 runs compute exactly the reference's numbers.
+        # (float64 stays float64: a float64 model is the exact reference for compiled runs.)
         with torch.autocast(raw.device.type, enabled=False):
-            raw = raw.float()
+            dtype = torch.promote_types(raw.dtype, torch.float32)
+            raw = raw.to(dtype)
             centred = raw - raw.mean(-1, keepdim=True)
             normed = centred / (raw.std(-1, keepdim=True) + self.eps)
-            return normed * self.tad_tap_std.float() + self.tad_tap_mean.float()
+            return normed * self.tad_tap_std.to(dtype) + self.tad_tap_mean.to(dtype)
 
     def kernels(self, z: torch.Tensor) -> torch.Tensor:
         """Per-sample kernels ``[..., r, k, k]`` of maps ``z`` ``[..., h, w, r]``."""

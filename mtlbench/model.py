@@ -6,7 +6,7 @@ identical across methods. ``train_step`` sums every loss key, so per-task losses
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -66,6 +66,10 @@ class MultiTaskModel(BaseModel):
         weights.update(loss_weights or {})
         self.loss_weights = weights
         self.losses = {t: build_loss(TASKS[t].loss) for t in self.tasks}
+        #: Called when the loss check fails, before the loss is blamed: the state guard
+        #: (:class:`~mtlbench.engine.state_guard.StateGuardHook`) raises there if the previous
+        #: update left a weight non-finite (it reads the weights' flags only with the next step's).
+        self.non_finite_cause: Optional[Callable[[], None]] = None
 
     # ----------------------------------------------------------------- params
     def param_breakdown(self) -> Dict[str, int]:
@@ -95,6 +99,8 @@ class MultiTaskModel(BaseModel):
         values = {t: self.losses[t](raw[t], targets[t]) for t in self.tasks}
         bad = _first_non_finite(values)   # one host read for all tasks
         if bad is not None:
+            if self.non_finite_cause is not None:
+                self.non_finite_cause()
             it = getattr(self, 'current_iter', None)
             where = 'iteration ?' if it is None else f'iteration {it + 1}'  # 1-based, as the log counts
             raise NonFiniteLossError(

@@ -76,3 +76,37 @@ def test_the_stacked_check_still_names_the_bad_task():
         assert "'sal'" in str(err)   # the first non-finite task in stream order
     else:
         raise AssertionError('non-finite predictions were not refused')
+
+
+def _guarded_step_reads(model, optimizer, hook, x, targets):
+    with count_host_reads() as calls:
+        optimizer.zero_grad()
+        losses = model(x, targets, mode='loss')
+        sum(losses.values()).backward()
+        optimizer.step()
+    return calls
+
+
+def test_a_guarded_training_step_reads_the_device_twice():
+    """Loss check + state guard: two reads per step (the guard's gradient and weight checks
+    share one; it was three reads per step before)."""
+    from types import SimpleNamespace
+
+    from mtlbench.engine.state_guard import StateGuardHook
+
+    model = _model()
+    # SGD: Adam reads its step counters with .item(), but those live on the CPU (no device sync)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    runner = SimpleNamespace(model=model, optim_wrapper=SimpleNamespace(optimizer=optimizer), iter=0, epoch=0)
+    hook = StateGuardHook()
+    hook.before_train(runner)
+    x, targets = synthetic_batch(model, 2, (32, 32), torch.device('cpu'))
+    model.train()
+    for it in range(3):   # the first step has no earlier update to check
+        runner.iter = it
+        hook.before_train_iter(runner, it)
+        calls = _guarded_step_reads(model, optimizer, hook, x, targets)
+        assert calls == ['__bool__', '__bool__'], (it, calls)
+    with count_host_reads() as calls:
+        hook.after_train(runner)   # the last update's flags are read once at the end
+    assert calls == ['__bool__'], calls

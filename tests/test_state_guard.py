@@ -72,3 +72,34 @@ def test_exploding_run_stops_and_leaves_only_finite_checkpoints(pascal_root, tmp
     for ckpt in Path(work).glob('*.pth'):
         sd = torch.load(ckpt, map_location='cpu', weights_only=False)
         assert all(torch.isfinite(v).all() for v in sd['state_dict'].values() if v.is_floating_point()), ckpt
+
+
+def test_a_diverged_weight_is_blamed_before_the_loss_it_spoils():
+    """The weights' flags are read with the next step's gradients; if the next forward's loss
+    check fails first, the guard names the weight (the cause), not the task loss."""
+    from mtlbench.bench import synthetic_batch
+    from mtlbench.model import MultiTaskModel
+
+    torch.manual_seed(0)
+    model = MultiTaskModel('pascal_context', dict(type='full_ft'),
+                           dict(arch='toy', img_size=(32, 32), window_size=4, drop_path_rate=0.0),
+                           tasks=('semseg',), decoder=dict(channels=(4, 8, 8, 8)))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    runner = SimpleNamespace(model=model, optim_wrapper=SimpleNamespace(optimizer=opt), iter=6, epoch=1)
+    hook = StateGuardHook()
+    hook.before_train(runner)
+    hook.before_train_iter(runner, 0)
+    x, targets = synthetic_batch(model, 2, (32, 32), torch.device('cpu'))
+    model.train()
+    sum(model(x, targets, mode='loss').values()).backward()
+    opt.step()
+    with torch.no_grad():   # as if this update had overflowed one weight
+        model.backbone.patch_embed.proj.weight[0, 0, 0, 0] = float('inf')
+    hook._check_weights(opt, (), {})
+    runner.iter = 7
+    hook.before_train_iter(runner, 0)
+    with pytest.raises(NonFiniteStateError,
+                       match=r'update at iteration 7 \(epoch 2\) made backbone\.patch_embed\.proj\.weight non-finite'):
+        model(x, targets, mode='loss')
+    hook.after_train(runner)
+    assert model.non_finite_cause is None

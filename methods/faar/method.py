@@ -13,7 +13,7 @@ from mtlbench.registry import METHODS
 
 from .config import FAARConfig
 from .dora import FAARLinear, FAARTaskLinear
-from .pdrs import PDRSHook, rank_history
+from .pdrs import PDRSHook, ensure_score_hooks, rank_history
 from .tspd import TSPDDecoder
 
 __all__ = ['FAAR']
@@ -77,6 +77,7 @@ class FAAR(Method):
             done.append(site.name)
         if not done:
             raise ValueError('faar matched no backbone site')
+        backbone.register_forward_pre_hook(ensure_score_hooks)
         return done
 
     def adapt_decoder(self, decoder: nn.Module) -> nn.Module:

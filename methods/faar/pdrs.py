@@ -206,10 +206,15 @@ class LowRankUnit(nn.Module):
             if not torch.compiler.is_compiling():
                 b = int(b.item())
         self.active_rank = b
+        if not torch.compiler.is_compiling():   # compiled: ensure_score_hooks ran before the graph
+            self.ensure_hooks_if_scoring()
+        return b
+
+    def ensure_hooks_if_scoring(self) -> None:
+        """Register the scoring hooks on the current parameters if this forward will score."""
         if self.training and self.scoring and torch.is_grad_enabled() and self.faar_A.requires_grad \
                 and self.faar_B.requires_grad:
             self._ensure_hooks()
-        return b
 
     def factors(self, b: Union[int, torch.Tensor, None] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(A[:b] [b, in], B[:, :b] [out, b])``; ``b`` defaults to the full rank.
@@ -370,6 +375,19 @@ def _score_hook(unit_ref: weakref.ref, which: int, param: torch.Tensor) -> None:
     _PENDING.append((unit, which, param))
 
 
+@torch.compiler.disable
+def ensure_score_hooks(module: nn.Module, args: Any = None) -> None:
+    """Forward pre-hook (on the backbone): the scoring hooks of every unit, in eager code.
+
+    Registering them is a side effect on Python state; inside a compiled forward it would make
+    the graph's guards fail on the next call (a recompile every time the hooks change), so a
+    compiled backbone leaves it to this hook, which the compiler skips.
+    """
+    for m in module.modules():
+        if isinstance(m, LowRankUnit):
+            m.ensure_hooks_if_scoring()
+
+
 def _flush_scores() -> None:
     pending = list(_PENDING)
     _PENDING.clear()
@@ -401,6 +419,10 @@ def _layout(units: List['LowRankUnit'], rows: List[int], device: torch.device):
 _LAYOUTS: Dict[tuple, dict] = {}
 
 
+def _score_dtype(p: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(p.dtype, torch.float32)
+
+
 @torch.no_grad()
 def accumulate_scores(entries: List[Tuple['LowRankUnit', int, torch.Tensor, torch.Tensor]]) -> None:
     """EMA-update the score rows of many units at once (one backward's worth).
@@ -426,7 +448,8 @@ def accumulate_scores(entries: List[Tuple['LowRankUnit', int, torch.Tensor, torc
         units = [u for u, _, _, _ in group]
         rows = [p.shape[0] if which == 0 else p.shape[1] for _, which, p, _ in group]
         lay = _layout(units, rows, device)
-        s = torch.cat([(p.detach().float() * g.float()).sum(dim=1 if which == 0 else 0)
+        # at least float32 (half-precision parameters), float64 for a float64 model
+        s = torch.cat([(p.detach().to(_score_dtype(p)) * g.to(_score_dtype(p))).sum(dim=1 if which == 0 else 0)
                        for _, which, p, g in group]).abs()
         if torch.is_tensor(scale):
             s = s / scale.to(s.device, s.dtype)
@@ -441,7 +464,7 @@ def accumulate_scores(entries: List[Tuple['LowRankUnit', int, torch.Tensor, torc
         # per-row mean over the counted entries (rows padded to the widest one, summed in order)
         width, n_rows = lay['width'], len(rows)
         sums = s.new_zeros(n_rows * width).index_copy_(0, lay['padded'], torch.where(counted, s, 0.0))
-        counts = s.new_zeros(n_rows * width).index_copy_(0, lay['padded'], counted.float())
+        counts = s.new_zeros(n_rows * width).index_copy_(0, lay['padded'], counted.to(s.dtype))
         ref = (sums.view(n_rows, width).sum(1) / counts.view(n_rows, width).sum(1).clamp_min(1))[lay['seg']]
         s = torch.where(lay['normalise'] & (ref > 0), s / ref.clamp_min(torch.finfo(s.dtype).tiny), s)
         emas = [u.faar_score_ema[which] for u, which, _, _ in group]

@@ -14,12 +14,18 @@ epoch-end checkpoint would then hold non-finite tensors and ``--resume`` would f
 
 So the newest checkpoint in the work dir is always finite and ``--resume`` always works. With
 fp16 AMP the loss scaler skips steps with infinite gradients before this hook is consulted, as the
-reference does. The checks cost one reduction over the gradients and one over the weights per
-iteration.
+reference does.
+
+Cost: one host read per step (on a GPU every read waits for the device). The weights' flags
+after an update stay on the device and are read together with the next step's gradient flags
+(one stacked reduction, one ``bool``); the tensor at fault is looked up only after that read
+fails. A weight left non-finite is still caught before it can do harm: the next step's loss
+check asks this hook first (:attr:`MultiTaskModel.non_finite_cause`), the end of every epoch
+and of training reads the pending flags, and so does every checkpoint save.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from mmengine.hooks import Hook
@@ -41,11 +47,13 @@ def _norms_finite(tensors: List[torch.Tensor], square: bool = False) -> torch.Te
     return torch.isfinite(norms * norms if square else norms)
 
 
-def _first_bad(named: List[Tuple[str, torch.Tensor]], square: bool = False) -> Optional[str]:
-    if not named:
-        return None
-    ok = _norms_finite([t.detach() for _, t in named], square)
-    if bool(ok.all()):
+def _flags(named: List[Tuple[str, torch.Tensor]], square: bool = False) -> Optional[torch.Tensor]:
+    return _norms_finite([t.detach() for _, t in named], square) if named else None
+
+
+def _first_bad(named: List[Tuple[str, torch.Tensor]], ok: Optional[torch.Tensor]) -> Optional[str]:
+    """The first name whose flag in ``ok`` is False (only called after the combined check failed)."""
+    if ok is None or bool(ok.all()):
         return None
     return named[int((~ok).nonzero()[0])][0]
 
@@ -74,19 +82,33 @@ class StateGuardHook(Hook):
         self._handles: list = []
         self._names: dict = {}
         self._where = ''
+        self._model = None
+        # optimizer id -> (named weights, their finiteness flags on the device, where the update ran)
+        self._pending: Dict[int, Tuple[List[Tuple[str, torch.Tensor]], torch.Tensor, str]] = {}
 
     # ------------------------------------------------------------------ wiring
     def before_train(self, runner) -> None:
         model = getattr(runner.model, 'module', runner.model)
         self._names = {id(p): n for n, p in model.named_parameters()}
+        self._pending = {}
         for optimizer in self._optimizers(runner):
             self._handles.append(optimizer.register_step_pre_hook(self._check_gradients))
             self._handles.append(optimizer.register_step_post_hook(self._check_weights))
+        if hasattr(model, 'non_finite_cause'):   # a failed loss check asks for a diverged weight first
+            self._model = model
+            model.non_finite_cause = self.check_pending
 
     def after_train(self, runner) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._model is not None:
+            self._model.non_finite_cause = None
+            self._model = None
+        self.check_pending()
+
+    def after_train_epoch(self, runner) -> None:
+        self.check_pending()   # before validation and the epoch's checkpoint
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         # 1-based, as the training log counts
@@ -109,22 +131,42 @@ class StateGuardHook(Hook):
 
     # ------------------------------------------------------------------ checks
     def _check_gradients(self, optimizer, args, kwargs) -> None:
-        bad = _first_bad(self._named(optimizer, 'grad'), square=True)
-        if bad is not None:
-            raise NonFiniteStateError(
-                f'the gradient of {bad} is not finite (or its square overflows) at {self._where}; stopping '
-                'before the update, so the weights and optimizer state stay finite. The last checkpoint in the '
-                'work dir is intact; lower the learning rate, clip gradients or check the data.')
+        """Step pre-hook: this step's gradients and the previous update's weights, one host read."""
+        grads = self._named(optimizer, 'grad')
+        grad_ok = _flags(grads, square=True)
+        weights, weight_ok, where = self._pending.pop(id(optimizer), ([], None, ''))
+        parts = [f for f in (weight_ok, grad_ok) if f is not None]
+        if not parts or bool(torch.cat(parts).all()):
+            return
+        self._raise_weights(_first_bad(weights, weight_ok), where)   # the cause comes first
+        bad = _first_bad(grads, grad_ok)
+        raise NonFiniteStateError(
+            f'the gradient of {bad} is not finite (or its square overflows) at {self._where}; stopping '
+            'before the update, so the weights and optimizer state stay finite. The last checkpoint in the '
+            'work dir is intact; lower the learning rate, clip gradients or check the data.')
 
     def _check_weights(self, optimizer, args, kwargs) -> None:
-        bad = _first_bad(self._named(optimizer))
+        """Step post-hook: the weights' flags stay on the device until the next read."""
+        weights = self._named(optimizer)
+        if weights:
+            self._pending[id(optimizer)] = (weights, _flags(weights), self._where)
+
+    def check_pending(self) -> None:
+        """Read the flags of the last update's weights now (one host read); raise if one is non-finite."""
+        pending, self._pending = self._pending, {}
+        for weights, weight_ok, where in pending.values():
+            self._raise_weights(_first_bad(weights, weight_ok), where)
+
+    @staticmethod
+    def _raise_weights(bad: Optional[str], where: str) -> None:
         if bad is not None:
             raise NonFiniteStateError(
-                f'the update at {self._where} made {bad} non-finite although its gradient was finite (the '
+                f'the update at {where} made {bad} non-finite although its gradient was finite (the '
                 'learning rate or weight decay is far too large); stopping before anything is saved. The last '
                 'checkpoint in the work dir is intact.')
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        self.check_pending()
         bad = non_finite_tensors({'state_dict': checkpoint.get('state_dict', {}),
                                   'optimizer': checkpoint.get('optimizer', {})})
         if bad:
