@@ -56,7 +56,8 @@ class SweepJob:
             None: unknown, records of either kind match.
         match (tuple[tuple[str, Any]]): further record fields a matching record must have,
             as ``(field, value)`` pairs (e.g. ``(('backbone', 'swin-t'),)``); lists in a record
-            compare equal to tuples.
+            compare equal to tuples; a :data:`DERIVED_FIELDS` name compares a value computed
+            from the record (``('pretrained_key', 'swin_tiny_patch4_window7_224.pth')``).
     """
     method: str
     seed: int
@@ -166,9 +167,24 @@ def plan_sweep(methods: Sequence[MethodSpec], seeds: Iterable[int], dataset: str
     return jobs
 
 
+def _pretrained_key(record: Mapping) -> str:
+    from mtlbench.reporting.comparability import pretrained_key
+    return pretrained_key(record.get('pretrained'))
+
+
+#: ``match`` fields computed from a record rather than read from it: ``pretrained_key`` is the
+#: checkpoint's file name (``'random init'`` for none), as the comparability key compares it
+DERIVED_FIELDS = {'pretrained_key': _pretrained_key}
+
+
+def _field(record: Mapping, name: str) -> Any:
+    derive = DERIVED_FIELDS.get(name)
+    return derive(record) if derive is not None else _hashable(record.get(name))
+
+
 def find_existing(job: SweepJob, records: Iterable[Mapping]) -> List[Mapping]:
     """Run records that already answer ``job`` (method, dataset, seed, synthetic flag, the
-    job's ``match`` fields and, when the job names one, variant)."""
+    job's ``match`` fields, raw or :data:`DERIVED_FIELDS`, and, when the job names one, variant)."""
     out = []
     for r in records:
         if r.get('kind') != 'run':
@@ -177,7 +193,7 @@ def find_existing(job: SweepJob, records: Iterable[Mapping]) -> List[Mapping]:
                 and r.get('seed') == job.seed
                 and (job.synthetic is None or bool(r.get('synthetic')) == job.synthetic)
                 and (job.variant is None or r.get('variant') == job.variant)
-                and all(_hashable(r.get(k)) == v for k, v in job.match)):
+                and all(_field(r, k) == v for k, v in job.match)):
             out.append(r)
     return out
 

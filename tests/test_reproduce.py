@@ -178,7 +178,8 @@ def test_verdicts_against_hand_computed_differences(tmp_path):
     data.mkdir()
     lines = []
     opts = ReproduceOptions(table='p-pascal-main', reference_dir=str(ref), bench_dir=str(tmp_path / 'bench'),
-                            settings=RunSettings(seeds=[0, 1], runs_dir=str(runs), data_root=str(data)),
+                            settings=RunSettings(seeds=[0, 1], runs_dir=str(runs), data_root=str(data),
+                                                 pretrained='/elsewhere/swin_tiny_patch4_window7_224.pth'),
                             tolerances=parse_tolerances(None))
     ran = []
     res = reproduce(opts, runner=lambda cmd: ran.append(cmd) or 1, echo=lines.append)
@@ -233,11 +234,21 @@ def test_list_and_slurm_array_of_the_runs_without_records(tmp_path, capsys):
         'p-pascal-main: P (x), PASCAL-Context main — 2 row(s)', '    mtlora r=64  [cited]', '    mtlora r=32  [cited]']
     runs = tmp_path / 'runs'
     R.write_record(_record('mtlora', 'r=64', {'semseg': 68.1, 'human_parts': 59.4, 'sal': 65.7, 'normals': 16.7}), runs)
+    # records of another setting do not answer a job: r=32 at 224 px, r=32 from another checkpoint
+    other_size = _record('mtlora', 'r=32', {'semseg': 60.0, 'human_parts': 50.0, 'sal': 60.0, 'normals': 18.0})
+    other_size.update(img_size=[224, 224], eval_protocol='resized-224')
+    other_ckpt = _record('mtlora', 'r=32', {'semseg': 60.0, 'human_parts': 50.0, 'sal': 60.0, 'normals': 18.0})
+    other_ckpt.update(pretrained='/w/swin_base_patch4_window7_224_22k.pth', pretrained_on='in22k')
+    R.write_record(other_size, runs)
+    R.write_record(other_ckpt, runs)
     data = tmp_path / 'data'
     data.mkdir()
+    ckpt = tmp_path / 'swin_tiny_patch4_window7_224.pth'  # the records' file name, another folder
+    ckpt.write_bytes(b'')
     script = tmp_path / 'array.sbatch'
     assert run_cli(['reproduce', 'p-pascal-main', '--slurm', '--slurm-out', str(script), '--reference-dir', str(ref),
-                    '--runs', str(runs), '--data-root', str(data), '--bench', str(tmp_path / 'bench')]) == 0
+                    '--runs', str(runs), '--data-root', str(data), '--pretrained', str(ckpt),
+                    '--bench', str(tmp_path / 'bench')]) == 0
     out = capsys.readouterr().out
     assert '(2 job(s) without a record, of 3)' in out
     text = script.read_text()

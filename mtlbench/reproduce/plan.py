@@ -22,7 +22,11 @@ Not in the brief, chosen here:
 - The single-task baseline (every Δm needs it) is planned once per table, as a row of its own
   when the table prints one, else as an extra "baseline" row.
 - A job counts as done when a run record of the same method, label, dataset, seed, synthetic
-  flag and backbone exists (:func:`mtlbench.sweep.find_existing` with ``match``).
+  flag, backbone, input size and checkpoint file name exists (:func:`mtlbench.sweep.find_existing`
+  with ``match``): the parts of the comparability key the plan can know before the run. The
+  training protocol is not matched, since a run can add a departure only on its device (e.g.
+  precision on a CPU); a record of another protocol lands in a comparison group of its own,
+  never in the paper's.
 - ``--work-dir`` is a parent folder: each job works in a sub-folder named after the job, since
   two seeds of one model in one folder would resume each other's checkpoints.
 """
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from mtlbench.reporting.comparability import pretrained_key
 from mtlbench.reporting.schema import BASELINE_METHOD
 from mtlbench.reproduce.table_ids import PaperTable
 from mtlbench.sweep import SweepJob, plan_sweep
@@ -151,6 +156,20 @@ def _load(path: Path, options: Mapping[str, Any], user: Mapping[str, Any]) -> An
     return load_config(path, over)
 
 
+def _run_img_size(cfg: Any, settings: RunSettings, synthetic: bool) -> tuple:
+    """The input size ``mtlbench run`` will record: ``--img-size``, else the synthetic schedule's
+    on synthetic data, else the config's (``mtlbench.run`` applies them in that order)."""
+    from mtlbench.run import SYNTHETIC_SCHEDULE
+    if settings.img_size is not None:
+        size = settings.img_size
+    elif synthetic:
+        size = SYNTHETIC_SCHEDULE['img_size']
+    else:
+        size = cfg.model.backbone.img_size
+    size = (size, size) if isinstance(size, int) else size
+    return tuple(int(v) for v in size)
+
+
 def _default_config(method: str, dataset: str) -> Optional[Path]:
     from mtlbench.config import find_config
     try:
@@ -257,7 +276,9 @@ def plan_table(table: PaperTable, settings: RunSettings) -> TablePlan:
             args += ['--cfg-options', *(f'{k}={v!r}' if isinstance(v, str) else f'{k}={v}'
                                         for k, v in over.items())]
         specs.append({'method': p.method, 'variant': p.label, 'args': args,
-                      'match': {'backbone': p.backbone}})
+                      'match': {'backbone': p.backbone, 'img_size': _run_img_size(cfg, settings, p.synthetic),
+                                'pretrained_key': pretrained_key(settings.pretrained
+                                                                 or cfg.model.backbone.get('pretrained'))}})
         owners.append(p)
     jobs: List[SweepJob] = []
     job_rows: List[PlannedRow] = []
