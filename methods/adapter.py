@@ -48,12 +48,24 @@ class AdapterConfig(MethodConfig):
     train_reductions: bool = False
 
     def __post_init__(self) -> None:
-        if self.reduction_factor < 1:
-            raise ValueError(f'reduction_factor must be >= 1, got {self.reduction_factor}')
-        bad = set(self.kinds) - {'qkv', 'proj', 'fc1', 'fc2'}
-        if bad or not self.kinds:
-            raise ValueError(f'kinds must be a non-empty subset of qkv/proj/fc1/fc2, got {self.kinds}')
-        self.kinds = tuple(self.kinds)
+        check_bottleneck_options(self, 'reduction_factor')
+
+
+#: the linears of a Swin block a bottleneck adapter can follow
+SITE_KINDS = ('qkv', 'proj', 'fc1', 'fc2')
+
+
+def check_bottleneck_options(config, *at_least_one: str) -> None:
+    """Validate the options every bottleneck-adapter config shares (this file's, the low-rank
+    and the PHM adapters'): each field named in ``at_least_one`` is >= 1, and ``kinds`` is a
+    non-empty subset of :data:`SITE_KINDS` (stored as a tuple, so configs compare equal)."""
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            raise ValueError(f'{name} must be >= 1, got {getattr(config, name)}')
+    bad = set(config.kinds) - set(SITE_KINDS)
+    if bad or not config.kinds:
+        raise ValueError(f'kinds must be a non-empty subset of {"/".join(SITE_KINDS)}, got {config.kinds}')
+    config.kinds = tuple(config.kinds)
 
 
 class BottleneckAdapted(AdapterLayer):

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .adapter import Adapter, BottleneckAdapted
+from .adapter import Adapter, BottleneckAdapted, check_bottleneck_options
 from mtlbench.errors import OptionError
 from mtlbench.method import AdapterLayer, MethodConfig
 from mtlbench.registry import METHODS
@@ -77,15 +77,9 @@ class CompacterConfig(MethodConfig):
     train_reductions: bool = False
 
     def __post_init__(self) -> None:
-        for name in ('phm_dim', 'phm_rank', 'reduction_factor'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        check_bottleneck_options(self, 'phm_dim', 'phm_rank', 'reduction_factor')
         if self.rule_init_std <= 0:
             raise ValueError(f'rule_init_std must be > 0, got {self.rule_init_std}')
-        bad = set(self.kinds) - {'qkv', 'proj', 'fc1', 'fc2'}
-        if bad or not self.kinds:
-            raise ValueError(f'kinds must be a non-empty subset of qkv/proj/fc1/fc2, got {self.kinds}')
-        self.kinds = tuple(self.kinds)
 
 
 class PHMLinear(nn.Module):

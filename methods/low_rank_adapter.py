@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .adapter import Adapter, BottleneckAdapted
+from .adapter import Adapter, BottleneckAdapted, check_bottleneck_options
 from mtlbench.method import AdapterLayer, MethodConfig
 from mtlbench.registry import METHODS
 
@@ -59,14 +59,7 @@ class LowRankAdapterConfig(MethodConfig):
     train_reductions: bool = False
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f'rank must be >= 1, got {self.rank}')
-        if self.reduction_factor < 1:
-            raise ValueError(f'reduction_factor must be >= 1, got {self.reduction_factor}')
-        bad = set(self.kinds) - {'qkv', 'proj', 'fc1', 'fc2'}
-        if bad or not self.kinds:
-            raise ValueError(f'kinds must be a non-empty subset of qkv/proj/fc1/fc2, got {self.kinds}')
-        self.kinds = tuple(self.kinds)
+        check_bottleneck_options(self, 'rank', 'reduction_factor')
 
 
 class LowRankLinear(nn.Module):

@@ -71,6 +71,30 @@ def synthetic_batch(model, batch: int, size: Sequence[int], device: torch.device
     return x.to(device), {k: v.to(device) for k, v in targets.items()}
 
 
+def deterministic_toy_model(method: str, size: Sequence[int] = (32, 32), dtype: torch.dtype = torch.float64):
+    """A tiny PASCAL-Context model of ``method`` (toy backbone) whose training step draws nothing
+    at random (dropout, adapter dropout and drop path off) and whose zero-initialised LoRA / FAAR
+    up factors are filled, so a zero would not hide half of each adapter. Eager and compiled
+    steps are compared on it (``tools/compile_parity.py``, ``tests/test_compile_methods.py``)."""
+    from mtlbench.layers.dropout import AdapterDropout
+    from mtlbench.params import build_model_from_config
+
+    tasks = ['semseg'] if method == 'single_task' else None   # single_task builds one model per task
+    model = build_model_from_config(method, 'pascal_context', tasks=tasks, cfg_options={
+        'model.backbone.arch': 'toy', 'model.backbone.img_size': tuple(size), 'model.backbone.window_size': 4,
+        'model.backbone.drop_path_rate': 0.0, 'model.decoder.channels': (4, 8, 8, 8)})
+    for m in model.modules():
+        if isinstance(m, AdapterDropout):
+            m.p, m.drop_prob = 0.0, 0.0
+        elif isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rsplit('.', 1)[-1] in ('lora_B', 'lora_task_B', 'faar_B'):
+                p.normal_(0, 0.1)
+    return model.to(dtype)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)

@@ -30,10 +30,8 @@ from torch._dynamo.utils import counters
 
 import mtlbench.methods  # noqa: F401
 from mtlbench.backbones.swin import SWIN_ARCHS
-from mtlbench.bench import synthetic_batch
-from mtlbench.layers.dropout import AdapterDropout
+from mtlbench.bench import deterministic_toy_model, synthetic_batch
 from mtlbench.model import compile_model
-from mtlbench.params import build_model_from_config
 from mtlbench.registry import METHODS
 
 SIZE = (32, 32)
@@ -49,20 +47,7 @@ FULL = sorted(METHODS.module_dict) if RUN_ALL else sorted(CHEAP)
 
 
 def _toy_model(method: str):
-    tasks = ['semseg'] if method == 'single_task' else None   # single_task builds one model per task
-    model = build_model_from_config(method, 'pascal_context', tasks=tasks, cfg_options={
-        'model.backbone.arch': 'toy', 'model.backbone.img_size': SIZE, 'model.backbone.window_size': 4,
-        'model.backbone.drop_path_rate': 0.0, 'model.decoder.channels': (4, 8, 8, 8)})
-    for m in model.modules():
-        if isinstance(m, AdapterDropout):
-            m.p, m.drop_prob = 0.0, 0.0
-        elif isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    with torch.no_grad():   # zero-initialised up-projections would hide half of each adapter
-        for name, p in model.named_parameters():
-            if name.rsplit('.', 1)[-1] in ('lora_B', 'lora_task_B', 'faar_B'):
-                p.normal_(0, 0.1)
-    return model.double()
+    return deterministic_toy_model(method, SIZE, torch.float64)
 
 
 def _train_step(model, x, targets, seed):

@@ -248,3 +248,19 @@ def test_vl_adapter_is_one_shared_adapter_set_with_reduction_8(tiny_widths, deco
         a, b = model(x), ref(x)
     for t in a:
         torch.testing.assert_close(a[t], b[t])
+
+
+@pytest.mark.parametrize('module, cls, options, message', [
+    ('adapter', 'AdapterConfig', dict(reduction_factor=0), 'reduction_factor must be >= 1, got 0'),
+    ('low_rank_adapter', 'LowRankAdapterConfig', dict(rank=0), 'rank must be >= 1, got 0'),
+    ('compacter', 'CompacterConfig', dict(phm_rank=-1), 'phm_rank must be >= 1, got -1'),
+    ('compacter', 'CompacterConfig', dict(kinds=('proj', 'mlp')), r'kinds must be a non-empty subset'),
+    ('low_rank_adapter', 'LowRankAdapterConfig', dict(kinds=()), r'kinds must be a non-empty subset'),
+])
+def test_bottleneck_adapter_options_are_checked_by_name(module, cls, options, message):
+    import importlib
+    config_cls = getattr(importlib.import_module(f'mtlbench.methods.{module}'), cls)
+    with pytest.raises(ValueError, match=message):
+        config_cls(**options)
+    # a list of kinds is accepted and stored as a tuple (configs from files give lists)
+    assert config_cls(kinds=['fc2']).kinds == ('fc2',)

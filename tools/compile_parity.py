@@ -20,29 +20,14 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 import mtlbench.methods  # noqa: F401
-from mtlbench.bench import synthetic_batch
-from mtlbench.layers.dropout import AdapterDropout
+from mtlbench.bench import deterministic_toy_model, synthetic_batch
 from mtlbench.model import compile_model
-from mtlbench.params import build_model_from_config
 
 SIZE = (32, 32)
 
 
 def toy_model(method: str, dtype: torch.dtype):
-    tasks = ['semseg'] if method == 'single_task' else None
-    model = build_model_from_config(method, 'pascal_context', tasks=tasks, cfg_options={
-        'model.backbone.arch': 'toy', 'model.backbone.img_size': SIZE, 'model.backbone.window_size': 4,
-        'model.backbone.drop_path_rate': 0.0, 'model.decoder.channels': (4, 8, 8, 8)})
-    for m in model.modules():
-        if isinstance(m, AdapterDropout):
-            m.p, m.drop_prob = 0.0, 0.0
-        elif isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.rsplit('.', 1)[-1] in ('lora_B', 'lora_task_B', 'faar_B'):
-                p.normal_(0, 0.1)
-    return model.to(dtype)
+    return deterministic_toy_model(method, SIZE, dtype)
 
 
 def step(model, x, targets, seed):
