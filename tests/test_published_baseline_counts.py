@@ -48,7 +48,8 @@ AMBIGUOUS_DESIGN = {
                  'to a multiple of n = 4) and shared or per-task adapters',
     'compacter_pp': 'as compacter, with the post-MLP adapter only',
     'vl_adapter': 'bottleneck width not stated for Swin (mtlbench: VL-Adapter\'s single-adapter '
-                  'reduction 8)',
+                  'reduction 8), nor whether the row is its single, half-shared or per-task setting '
+                  '(option sharing)',
     'hyperformer': 'embedding, projector and bottleneck sizes and how one hypernetwork serves Swin\'s four '
                    'stage widths are not stated (mtlbench: 64/128/64, C/4, one generator per width: '
                    '25.6M; the count scales with all of them, methods/polyhistor/hyperformer.py)',
