@@ -15,8 +15,9 @@ Choices (each an option):
 * Trainable besides the adapters: the LayerNorms (Houlsby trains them), nothing else of the
   backbone; the decoder trains as for every PEFT row.
 * One adapter set shared by all tasks (the streams do not fork; every decoder reads the same
-  features). A per-task adapter set in every block would need one backbone pass per task, which
-  mtlbench's stream layout does not express (streams fork only in each stage's last block).
+  features). Per-task adapters in every block carry ``1 + T`` streams through the whole backbone
+  (``SwinBackbone.carry_task_streams``); ``vl_adapter`` offers them (``sharing='multiple'`` and
+  the half-shared settings), at about ``T + 1`` times this row's backbone cost.
 
 On PASCAL's four tasks (``mtlbench params --method adapter``), reduction 4: 2,167,584 adapter
 parameters + 23,232 LayerNorm parameters + decoder 1,946,624 = 4,137,440 trainable (checked in

@@ -34,7 +34,7 @@ Choices (each an option), with the evidence:
   a zero up-projection leaves every adapter gradient ~1e-8, at AdamW's epsilon.
 * ``shared_rule`` (default on): off gives each layer its own ``A`` (the paper's "PHM-Adapter").
 * One adapter set shared by all tasks, as mtlbench's ``adapter`` (a per-task set in every block
-  needs a backbone pass per task, which the stream layout does not express). Polyhistor's
+  would carry ``1 + T`` streams, as ``vl_adapter``'s ``sharing='multiple'``; not offered here). Polyhistor's
   introduction says its single-task baselines "learn and store task-wise parameters"
   (https://www.jiubeiyun.com.cn/doc/32630.html, a copy of arXiv 2210.03265), so its count for
   this row is not the same design (stated, not compared).

@@ -19,9 +19,9 @@ Choices (each an option), with the evidence:
   near-identity intent). The reference draws both factors Glorot-uniform, which changes the
   features at step 0; ``zero_init_up=False`` restores that.
 * Trainable besides the adapters: the LayerNorms (as the reference); the decoder trains.
-* One adapter set shared by all tasks, as mtlbench's ``adapter``: a per-task set in every block
-  needs one backbone pass per task, which the stream layout (streams fork only in each stage's
-  last block) does not express. Polyhistor's introduction says its single-task baselines
+* One adapter set shared by all tasks, as mtlbench's ``adapter``. A per-task set in every block
+  would carry ``1 + T`` streams through the backbone, as ``vl_adapter``'s ``sharing='multiple'``
+  does; it is not offered here. Polyhistor's introduction says its single-task baselines
   "learn and store task-wise parameters" (https://www.jiubeiyun.com.cn/doc/32630.html, a copy
   of arXiv 2210.03265), so its count for this row is not the same design (stated, not compared).
 
