@@ -52,7 +52,8 @@ AMBIGUOUS_DESIGN = {
                   '(option sharing)',
     'hyperformer': 'embedding, projector and bottleneck sizes and how one hypernetwork serves Swin\'s four '
                    'stage widths are not stated (mtlbench: 64/128/64, C/4, one generator per width: '
-                   '25.6M; the count scales with all of them, methods/polyhistor/hyperformer.py)',
+                   '25.6M, plus 0.19M of task-conditional LayerNorm generators; the count scales with '
+                   'all of them, methods/polyhistor/hyperformer.py)',
     'polyhistor': 'factor rank, bottleneck and embedding sizes not stated (mtlbench: rank 8, C/4, '
                   '64/128/64: 2.02M hypernetwork; methods/polyhistor/polyhistor.py)',
     'polyhistor_lite': 'as polyhistor, plus the scaling kernels\' shape (mtlbench: k x k, k = C / 96, '

@@ -4,4 +4,5 @@ _base_ = [
     '../_base_/schedules/adamw_300e.py',
     '../_base_/default_runtime.py',
 ]
-model = dict(method=dict(type='hyperformer', reduction_factor=4, width_mode='per_stage'))
+model = dict(method=dict(type='hyperformer', reduction_factor=4, width_mode='per_stage',
+                         conditional_layer_norm=True))

@@ -7,6 +7,13 @@ its bias, up ``[T, b, C]`` and its bias) and applies them to its own task's stre
 Layer-wise Scaling Kernels live here, one pair per site: a template generated at the first
 stage's size is expanded to this site's width as ``kron(S, template)``.
 
+HyperFormer's task-conditional LayerNorm (``layer_norm=True``): the adapter's output is
+normalised per task with generated ``(gamma_t, beta_t)`` before the residual,
+``h + LN_t(up_t(gelu(down_t(h))))``; the order is the official code's (rabeehk/hyperformer,
+``adapters/adapter_controller.py`` ``MetaLayersAdapterController.forward``: adapter, then the
+post-adapter norm, then ``+ inputs``; its pre-adapter norm is off by default, ``training_args.py``
+``add_layer_norm_before_adapter=False``). ``eps`` is ``F.layer_norm``'s default, as there.
+
 Streams: a single input stream (the first adapted block) is forked into ``1 + T`` (index 0 stays
 the frozen, unadapted path); afterwards every task stream gets its own task's adapter. The
 backbone must carry task streams across stages (``SwinBackbone.carry_task_streams``), because
@@ -54,6 +61,7 @@ class GeneratedAdapterLinear(AdapterLayer):
             no scaling kernels (the hypernetwork emits this site's full size).
         scaling_init: ``'ones'`` (``kron`` with ones repeats the template) or ``'identity'``
             (block-diagonal copies).
+        layer_norm: normalise each task's adapter output with its generated LayerNorm.
     """
     #: the Layer-wise Scaling Kernels are multiplicative gains (ones at init, like a LayerNorm
     #: weight): weight decay would pull every scaled adapter towards zero, so they get none
@@ -61,8 +69,9 @@ class GeneratedAdapterLinear(AdapterLayer):
     no_weight_decay = ('scale_down', 'scale_up')
 
     def __init__(self, base_layer: nn.Linear, hypernet: nn.Module, layer: int, position: int, num_tasks: int,
-                 scale_factor: int = 0, scaling_init: str = 'ones') -> None:
+                 scale_factor: int = 0, scaling_init: str = 'ones', layer_norm: bool = False) -> None:
         super().__init__(base_layer)
+        self.layer_norm = layer_norm
         object.__setattr__(self, 'hypernet', hypernet)   # shared: not a child module
         self.layer, self.position, self.num_tasks = layer, position, num_tasks
         self.scale_factor = scale_factor
@@ -82,6 +91,14 @@ class GeneratedAdapterLinear(AdapterLayer):
             down_bias, up_bias = down_bias.repeat(1, k), up_bias.repeat(1, k)
         return down, down_bias, up, up_bias
 
+    def generated_layer_norm(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """This site's task LayerNorms: gamma ``[T, C]``, beta ``[T, C]`` (repeated ``k`` times
+        from the template width when the method has scaling kernels, like the biases)."""
+        gamma, beta = self.hypernet.layer_norm_params(self.layer, self.position, self.out_features)
+        if self.scale_factor:
+            gamma, beta = gamma.repeat(1, self.scale_factor), beta.repeat(1, self.scale_factor)
+        return gamma, beta
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base_layer(x)
         T, S = self.num_tasks, h.shape[0]
@@ -96,7 +113,12 @@ class GeneratedAdapterLinear(AdapterLayer):
         flat = tasks.reshape(T, -1, C)
         z = F.gelu(torch.baddbmm(down_bias.unsqueeze(1).to(flat.dtype), flat, down.to(flat.dtype)))
         delta = torch.baddbmm(up_bias.unsqueeze(1).to(z.dtype), z, up.to(z.dtype))
+        if self.layer_norm:
+            gamma, beta = self.generated_layer_norm()
+            delta = torch.addcmul(beta.unsqueeze(1).to(delta.dtype), F.layer_norm(delta, (C,)).to(delta.dtype),
+                                  gamma.unsqueeze(1).to(delta.dtype))
         return torch.cat([h[:1], tasks + delta.view(tasks.shape)], dim=0)
 
     def extra_repr(self) -> str:
-        return f'layer={self.layer}, position={self.position}, tasks={self.num_tasks}, scale_factor={self.scale_factor}'
+        return (f'layer={self.layer}, position={self.position}, tasks={self.num_tasks}, '
+                f'scale_factor={self.scale_factor}, layer_norm={self.layer_norm}')

@@ -20,13 +20,38 @@ Not in the texts we could read, chosen (each an option):
 * embeddings 64 wide, projector hidden 128, conditioning 64 (``embed_dim``, ``hidden_dim``,
   ``cond_dim``); generators ``N(0, 0.02)`` (``init_std``), up generators zero
   (``zero_init_up``) so training starts from the pretrained backbone.
-* HyperFormer also generates task-conditional LayerNorms; here the backbone's LayerNorms train
-  as shared parameters (as in the ``adapter`` baseline) and nothing else of the backbone does.
+* the backbone's own LayerNorms train as shared parameters (``train_norms``) and nothing else of
+  the backbone does.
+
+Task-conditional LayerNorms (``conditional_layer_norm``, default on, ``conditional_norm.py``),
+from the official code (rabeehk/hyperformer at 56b0f99; paths under ``hyperformer/``):
+
+* *which LayerNorm*: the adapter's own output norm, not the pretrained model's.
+  ``adapters/adapter_controller.py`` L212-218 (HyperFormer++'s ``MetaLayersAdapterController``):
+  ``inputs + LN(adapter(inputs))`` with the generated ``(gamma, beta)``; the pre-adapter norm is
+  off (``training_args.py`` L185 ``add_layer_norm_before_adapter=False``, L188
+  ``add_layer_norm_after_adapter=True``). The pretrained T5 LayerNorms stay and train as shared
+  parameters (``configs/hyperformer++.json`` ``"unfreeze_layer_norms": true``,
+  ``utils/utils.py`` L161-166), as the paper's Fig. 1 caption says: only the layer norms of T5,
+  the hypernetworks and the task embeddings are updated.
+* *generated from what*: the same conditioning embedding as the adapter weights (task, layer,
+  position through the task projector), by one layer-norm hypernetwork shared by all layers
+  (``adapters/adapter_modeling.py`` L190-193, L228-238), two linear maps ``I -> gamma`` and
+  ``I -> beta`` (``adapters/adapter_utils.py`` L47-58).
+* *init*: weights ``N(0, 0.01)``, biases zero (``adapter_utils.py`` L17-27, ``linear_layer``'s
+  default ``std=1e-2``): ``gamma`` starts near zero, not one (``norm_init_std``).
+* here: one ``(gamma, beta)`` generator per generator width (``width_mode``, as the adapter's).
+  With ``zero_init_up`` the adapter's output is exactly zero at init, so the norm returns
+  ``beta_t``: training starts from the pretrained backbone shifted by the small generated
+  ``beta_t`` per site, not from the pretrained backbone itself (in the official code the up
+  projection is not zero, so neither does it).
 
 Trainable parameters on PASCAL's four tasks, Swin-T (``mtlbench params --method hyperformer
 --dataset pascal_context``): hypernetwork 25,610,312 (conditioning 34,112 + four per-stage
-generators 25,576,200) + LayerNorms 23,232 + decoder 1,946,624 = 27,580,168; ``width_mode=slice``
-has one 768-wide generator instead. Formulas checked in ``tests/test_method_hyper_baselines.py``.
+generators 25,576,200) + conditional LayerNorm generators 187,200 (``65 * 2 C`` for C = 96, 192,
+384, 768) + backbone LayerNorms 23,232 + decoder 1,946,624 = 27,767,368 (27,580,168 with
+``conditional_layer_norm=False``); ``width_mode=slice`` has one 768-wide generator of each kind
+instead. Formulas checked in ``tests/test_method_hyper_baselines.py``.
 No printed count for this row could be retrieved while writing this, and the adaptation's sizes
 are not in the text we could read, so no count is claimed to match a published one.
 """
@@ -61,6 +86,10 @@ class HyperFormerConfig(MethodConfig):
                                                                     "one at the largest width, sliced ('slice')"})
     zero_init_up: bool = field(default=True, metadata={'help': 'generated up projections start at zero'})
     init_std: float = field(default=0.02, metadata={'help': 'std of the generators normal init'})
+    conditional_layer_norm: bool = field(default=True, metadata={
+        'help': "normalise each task's adapter output with a LayerNorm whose gamma/beta are generated from "
+                "the same conditioning (HyperFormer's task-conditional LayerNorm)"})
+    norm_init_std: float = field(default=0.01, metadata={'help': 'std of the LayerNorm generators normal init'})
     train_patch_embed: bool = False
     train_norms: bool = True
     train_rel_pos: bool = False
@@ -105,7 +134,8 @@ class HyperFormer(Method):
         bottlenecks: Dict[int, int] = {s.out_features: max(1, s.out_features // c.reduction_factor) for s in sites}
         condition = SiteCondition(len(self.tasks), len(blocks), len(c.kinds), c.embed_dim, c.hidden_dim, c.cond_dim)
         hyper = AdapterHyperNetwork(condition, bottlenecks, rank=self.rank, width_mode=c.width_mode,
-                                    zero_init_up=c.zero_init_up, init_std=c.init_std)
+                                    zero_init_up=c.zero_init_up, init_std=c.init_std,
+                                    layer_norm=c.conditional_layer_norm, norm_init_std=c.norm_init_std)
         backbone.hypernetwork = hyper
         backbone.carry_task_streams = True
         template = min(bottlenecks)
@@ -113,15 +143,20 @@ class HyperFormer(Method):
             layer = GeneratedAdapterLinear(backbone.get_submodule(s.name), hyper, blocks.index((s.stage, s.block)),
                                            c.kinds.index(s.kind), len(self.tasks),
                                            scale_factor=self.scale_factor(s.out_features, template),
-                                           scaling_init=getattr(c, 'scaling_init', 'ones'))
+                                           scaling_init=getattr(c, 'scaling_init', 'ones'),
+                                           layer_norm=c.conditional_layer_norm)
             backbone.replace_site(s.name, layer)
         return [s.name for s in sites]
 
     def adapter_breakdown(self, backbone: nn.Module) -> Dict[str, int]:
-        hyper = sum(p.numel() for p in backbone.hypernetwork.parameters())
+        hypernet = backbone.hypernetwork
+        norms = sum(p.numel() for p in hypernet.layer_norms.parameters()) if hypernet.layer_norms is not None else 0
+        hyper = sum(p.numel() for p in hypernet.parameters()) - norms
         scaling = sum(p.numel() for m in backbone.modules() if isinstance(m, GeneratedAdapterLinear)
                       for n, p in m.named_parameters(recurse=False))
         out = dict(hypernetwork=hyper)
+        if norms:
+            out['conditional_layer_norms'] = norms
         if scaling:
             out['scaling_kernels'] = scaling
         return out

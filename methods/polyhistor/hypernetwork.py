@@ -30,6 +30,11 @@ Swin's stage widths differ (96..768 for Swin-T), so the generators need a size p
 form, so ``L_u R_u^T = 0``) and its bias start at zero, so every adapter is exactly zero at
 init and the adapted backbone starts as the pretrained one (Houlsby's near-identity start; the
 papers' own init is not given in the text we could read).
+
+``layer_norm`` (HyperFormer's task-conditional LayerNorm, ``conditional_norm.py``): the same
+conditioning ``I`` also feeds a generator of per-task LayerNorm ``(gamma, beta)``, one per
+generator width; ``'slice'`` takes the leading ``C`` entries, ``'template'`` returns the template
+width (the site repeats it ``k`` times, as it does the biases).
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ from torch import nn
 from mtlbench.method import MethodModule
 
 from .condition import SiteCondition
+from .conditional_norm import TaskLayerNormGenerator
 
 __all__ = ['AdapterHyperNetwork']
 
@@ -57,10 +63,13 @@ class AdapterHyperNetwork(MethodModule):
         width_mode: ``'per_stage'``, ``'slice'`` or ``'template'`` (module docstring).
         zero_init_up: start the generated up projections (and their biases) at zero.
         init_std: std of the generators' normal init (biases start at zero).
+        layer_norm: also generate each task's adapter-output LayerNorm ``(gamma, beta)``.
+        norm_init_std: std of the LayerNorm generators' normal init (biases start at zero).
     """
 
     def __init__(self, condition: SiteCondition, bottlenecks: Dict[int, int], rank: Optional[int] = None,
-                 width_mode: str = 'per_stage', zero_init_up: bool = True, init_std: float = 0.02) -> None:
+                 width_mode: str = 'per_stage', zero_init_up: bool = True, init_std: float = 0.02,
+                 layer_norm: bool = False, norm_init_std: float = 0.01) -> None:
         super().__init__()
         if width_mode not in WIDTH_MODES:
             raise ValueError(f'width_mode must be one of {WIDTH_MODES}, got {width_mode!r}')
@@ -94,6 +103,7 @@ class AdapterHyperNetwork(MethodModule):
                         gen['right'].weight[b * rank:].zero_()   # R_u
                         gen['bias'].weight[b:].zero_()            # up bias
             self.generators[str(C)] = gen
+        self.layer_norms = TaskLayerNormGenerator(d, groups, norm_init_std) if layer_norm else None
 
     def group_width(self, width: int) -> int:
         """The generator width that serves a site of ``width`` channels."""
@@ -130,3 +140,14 @@ class AdapterHyperNetwork(MethodModule):
             bb = self.bottlenecks[width]
             down, down_bias, up, up_bias = down[:, :c, :bb], down_bias[:, :bb], up[:, :bb, :c], up_bias[:, :c]
         return down, down_bias, up, up_bias
+
+    def layer_norm_params(self, layer: int, position: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Task LayerNorms for one site: ``(gamma [T, C], beta [T, C])`` at the site's width
+        (``'per_stage'``, ``'slice'``) or the template width (``'template'``)."""
+        if self.layer_norms is None:
+            raise RuntimeError('this hypernetwork was built without layer_norm')
+        G = self.group_width(width)
+        gamma, beta = self.layer_norms(self.condition(layer, position), G)
+        if self.width_mode == 'slice' and width != G:
+            gamma, beta = gamma[:, :width], beta[:, :width]
+        return gamma, beta

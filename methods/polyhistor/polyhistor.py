@@ -27,7 +27,12 @@ description of the two components, which fixes neither sizes nor inits):
   template, the "repeat" reading of the paper's figure; ``'identity'`` gives block-diagonal
   copies) and are shared by the tasks (one pair per layer and position, "layer-wise");
 * task, layer and position conditioning as in HyperFormer++ (``condition.py``); the up factor
-  ``R_u`` starts at zero so the adapted backbone starts as the pretrained one.
+  ``R_u`` starts at zero so the adapted backbone starts as the pretrained one;
+* no task-conditional LayerNorm (``conditional_layer_norm=False``; HyperFormer's default is on):
+  the description of Polyhistor's components this docstring rests on has hypernetworks writing
+  adapter weights only and names no conditional norm (none was found in what was read), so the
+  rows keep the design and counts they had; ``True`` adds HyperFormer's norm (Lite: generated at
+  the template width and repeated ``k`` times, like the biases).
 
 Trainable parameters on PASCAL's four tasks, Swin-T (``mtlbench params --method X --dataset
 pascal_context``; formulas checked in ``tests/test_method_hyper_baselines.py``), each plus
@@ -56,6 +61,9 @@ __all__ = ['PolyhistorConfig', 'Polyhistor', 'PolyhistorLiteConfig', 'Polyhistor
 class PolyhistorConfig(HyperFormerConfig):
     """HyperFormer's options plus the factor rank of the Decomposed HyperNetworks."""
     rank: int = field(default=8, metadata={'help': 'rank of the generated factors (down = L_d R_d^T)'})
+    conditional_layer_norm: bool = field(default=False, metadata={
+        'help': "HyperFormer's task-conditional LayerNorm on each adapter output (off: not named in the "
+                "Polyhistor description read)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
