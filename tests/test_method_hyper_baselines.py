@@ -57,7 +57,13 @@ def _condition_by_hand(cond, layer, position):
                    cond.position_embed[position].expand(T, -1)], dim=1)
     l1, l2 = cond.projector[0], cond.projector[2]
     hidden = torch.clamp(torch.einsum('ti,hi->th', e, l1.weight) + l1.bias, min=0)
-    return torch.einsum('th,oh->to', hidden, l2.weight) + l2.bias
+    out = torch.einsum('th,oh->to', hidden, l2.weight) + l2.bias
+    if cond.norm is None:
+        return out
+    # HyperFormer++'s LayerNorm on the conditioning (eps 1e-6), written out
+    mean = out.mean(dim=1, keepdim=True)
+    var = ((out - mean) ** 2).mean(dim=1, keepdim=True)
+    return (out - mean) / torch.sqrt(var + 1e-6) * cond.norm.weight + cond.norm.bias
 
 
 def _weights_by_hand(method, model, site, sliced=False):
@@ -204,8 +210,8 @@ def test_zero_up_init_starts_as_the_plain_backbone(method):
                 assert torch.allclose(f[s], r[0], atol=1e-6) == same, (zero, s)
 
 
-def _condition_count(blocks=8, positions=2, e=64, h=128, d=64):
-    return T * e + blocks * e + positions * e + (3 * e * h + h) + (h * d + d)
+def _condition_count(blocks=8, positions=2, e=64, h=128, d=64, norm=False):
+    return T * e + blocks * e + positions * e + (3 * e * h + h) + (h * d + d) + (2 * d if norm else 0)
 
 
 @pytest.mark.parametrize('method,opts,generators', [
@@ -225,9 +231,9 @@ def _condition_count(blocks=8, positions=2, e=64, h=128, d=64):
 def test_trainable_parameters_by_formula(method, opts, generators):
     model = _model(method, **opts)
     counts = param_breakdown(model.backbone, model.decoder)
-    norms = sum(p.numel() for m in model.backbone.modules() if isinstance(m, torch.nn.LayerNorm)
-                for p in m.parameters())
-    assert counts['adapter'] == _condition_count() + generators
+    norms = sum(p.numel() for name, m in model.backbone.named_modules() if isinstance(m, torch.nn.LayerNorm)
+                and not name.startswith('hypernetwork.') for p in m.parameters())
+    assert counts['adapter'] == _condition_count(norm=method == 'hyperformer') + generators
     assert counts['backbone_other'] == norms   # LayerNorms train, nothing else of the backbone
     split = model.method.adapter_breakdown(model.backbone)
     assert sum(split.values()) == counts['adapter']
@@ -236,8 +242,10 @@ def test_trainable_parameters_by_formula(method, opts, generators):
 @pytest.mark.parametrize('method,opts,generators,docstring_total', [
     # + the conditional LayerNorms' (gamma | beta) generator per width, 65 x 2 C
     ('hyperformer', {}, sum(65 * (2 * C * (C // 4) + C // 4 + C) + 65 * 2 * C for C in (96, 192, 384, 768)),
-     27_767_368),
+     27_767_496),
     ('hyperformer', {'conditional_layer_norm': False},
+     sum(65 * (2 * C * (C // 4) + C // 4 + C) for C in (96, 192, 384, 768)), 27_580_296),
+    ('hyperformer', {'conditional_layer_norm': False, 'condition_layer_norm': False},
      sum(65 * (2 * C * (C // 4) + C // 4 + C) for C in (96, 192, 384, 768)), 27_580_168),
     ('polyhistor', {}, sum(65 * (2 * 8 * (C + C // 4) + C // 4 + C) for C in (96, 192, 384, 768)), 3_992_968),
     # sites per stage: 2 x (2, 2, 6, 2) blocks; scaling kernels k = 1, 2, 4, 8
@@ -251,7 +259,8 @@ def test_swin_t_pascal_counts_by_formula(method, opts, generators, docstring_tot
     model = build_model_from_config(method, 'pascal_context',
                                     cfg_options={f'model.method.{k}': v for k, v in opts.items()})
     counts = param_breakdown(model.backbone, model.decoder)
-    assert counts['adapter'] == _condition_count(blocks=12) + generators
+    with_norm = method == 'hyperformer' and opts.get('condition_layer_norm', True)
+    assert counts['adapter'] == _condition_count(blocks=12, norm=with_norm) + generators
     assert counts['total_trainable'] == counts['adapter'] + 23_232 + 1_946_624   # + LayerNorms + decoder
     assert counts['total_trainable'] == docstring_total
 
@@ -268,11 +277,16 @@ def test_scaling_kernels_get_no_weight_decay():
 def test_conditional_layer_norm_defaults_follow_each_paper():
     """HyperFormer normalises its adapters' outputs per task (official code's default for
     HyperFormer++); Polyhistor and Polyhistor-Lite keep their adapters without it."""
-    on = [m.layer_norm for m in _model('hyperformer').backbone.modules() if isinstance(m, GeneratedAdapterLinear)]
+    hyper = _model('hyperformer')
+    on = [m.layer_norm for m in hyper.backbone.modules() if isinstance(m, GeneratedAdapterLinear)]
     assert len(on) == 16 and all(on)
+    # and its conditioning vector is normalised (unique_hyper_net_layer_norm, eps 1e-6)
+    norm = hyper.backbone.hypernetwork.condition.norm
+    assert isinstance(norm, torch.nn.LayerNorm) and norm.eps == 1e-6 and norm.normalized_shape == (64,)
     for method in ('polyhistor', 'polyhistor_lite'):
         model = _model(method)
         assert model.backbone.hypernetwork.layer_norms is None
+        assert model.backbone.hypernetwork.condition.norm is None
         assert not any(m.layer_norm for m in model.backbone.modules() if isinstance(m, GeneratedAdapterLinear))
 
 

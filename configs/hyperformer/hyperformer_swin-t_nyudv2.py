@@ -5,4 +5,4 @@ _base_ = [
     '../_base_/default_runtime.py',
 ]
 model = dict(method=dict(type='hyperformer', reduction_factor=4, width_mode='per_stage',
-                         conditional_layer_norm=True))
+                         conditional_layer_norm=True, condition_layer_norm=True))

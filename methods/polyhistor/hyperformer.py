@@ -17,8 +17,14 @@ Not in the texts we could read, chosen (each an option):
 * ``width_mode='per_stage'``: Swin-T's widths 96/192/384/768 get one generator each;
   ``'slice'`` emits the 768-wide adapter and slices it for narrower stages.
 * ``reduction_factor=4``: bottleneck ``C // 4`` per stage (as the ``adapter`` baseline).
+* ``reduction_factor=4`` is kept although HyperFormer++'s own release config uses 32 (T5-base,
+  ``hyperformer/configs/hyperformer++.json``): Polyhistor's Swin setting is not in the text we
+  could read; ``--cfg-options model.method.reduction_factor=32`` gives the release value.
 * embeddings 64 wide, projector hidden 128, conditioning 64 (``embed_dim``, ``hidden_dim``,
-  ``cond_dim``); generators ``N(0, 0.02)`` (``init_std``), up generators zero
+  ``cond_dim``: the HyperFormer++ release config's values, ``condition.py``), the conditioning
+  normalised by a LayerNorm (``condition_layer_norm``, HyperFormer++'s
+  ``unique_hyper_net_layer_norm``, default on; off for Polyhistor, whose text we could read does
+  not name it); generators ``N(0, 0.02)`` (``init_std``), up generators zero
   (``zero_init_up``) so training starts from the pretrained backbone.
 * the backbone's own LayerNorms train as shared parameters (``train_norms``) and nothing else of
   the backbone does.
@@ -47,10 +53,11 @@ from the official code (rabeehk/hyperformer at 56b0f99; paths under ``hyperforme
   projection is not zero, so neither does it).
 
 Trainable parameters on PASCAL's four tasks, Swin-T (``mtlbench params --method hyperformer
---dataset pascal_context``): hypernetwork 25,610,312 (conditioning 34,112 + four per-stage
-generators 25,576,200) + conditional LayerNorm generators 187,200 (``65 * 2 C`` for C = 96, 192,
-384, 768) + backbone LayerNorms 23,232 + decoder 1,946,624 = 27,767,368 (27,580,168 with
-``conditional_layer_norm=False``); ``width_mode=slice`` has one 768-wide generator of each kind
+--dataset pascal_context``): hypernetwork 25,610,440 (conditioning 34,240, its LayerNorm's 128
+included, + four per-stage generators 25,576,200) + conditional LayerNorm generators
+187,200 (``65 * 2 C`` for C = 96, 192, 384, 768) + backbone LayerNorms 23,232 + decoder 1,946,624 =
+27,767,496 (27,580,296 with ``conditional_layer_norm=False``; 128 fewer with
+``condition_layer_norm=False``); ``width_mode=slice`` has one 768-wide generator of each kind
 instead. Formulas checked in ``tests/test_method_hyper_baselines.py``.
 No printed count for this row could be retrieved while writing this, and the adaptation's sizes
 are not in the text we could read, so no count is claimed to match a published one.
@@ -90,6 +97,9 @@ class HyperFormerConfig(MethodConfig):
         'help': "normalise each task's adapter output with a LayerNorm whose gamma/beta are generated from "
                 "the same conditioning (HyperFormer's task-conditional LayerNorm)"})
     norm_init_std: float = field(default=0.01, metadata={'help': 'std of the LayerNorm generators normal init'})
+    condition_layer_norm: bool = field(default=True, metadata={
+        'help': "LayerNorm on the conditioning vector before the generators read it (HyperFormer++'s "
+                "unique_hyper_net_layer_norm)"})
     train_patch_embed: bool = False
     train_norms: bool = True
     train_rel_pos: bool = False
@@ -132,7 +142,8 @@ class HyperFormer(Method):
             raise ValueError(f'{self.name} matched no backbone site of kinds {c.kinds}')
         blocks = sorted({(s.stage, s.block) for s in sites})
         bottlenecks: Dict[int, int] = {s.out_features: max(1, s.out_features // c.reduction_factor) for s in sites}
-        condition = SiteCondition(len(self.tasks), len(blocks), len(c.kinds), c.embed_dim, c.hidden_dim, c.cond_dim)
+        condition = SiteCondition(len(self.tasks), len(blocks), len(c.kinds), c.embed_dim, c.hidden_dim, c.cond_dim,
+                                  layer_norm=c.condition_layer_norm)
         hyper = AdapterHyperNetwork(condition, bottlenecks, rank=self.rank, width_mode=c.width_mode,
                                     zero_init_up=c.zero_init_up, init_std=c.init_std,
                                     layer_norm=c.conditional_layer_norm, norm_init_std=c.norm_init_std)

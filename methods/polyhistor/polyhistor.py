@@ -32,7 +32,8 @@ description of the two components, which fixes neither sizes nor inits):
   the description of Polyhistor's components this docstring rests on has hypernetworks writing
   adapter weights only and names no conditional norm (none was found in what was read), so the
   rows keep the design and counts they had; ``True`` adds HyperFormer's norm (Lite: generated at
-  the template width and repeated ``k`` times, like the biases).
+  the template width and repeated ``k`` times, like the biases). For the same reason the
+  conditioning vector has no LayerNorm (``condition_layer_norm=False``; HyperFormer++'s is on).
 
 Trainable parameters on PASCAL's four tasks, Swin-T (``mtlbench params --method X --dataset
 pascal_context``; formulas checked in ``tests/test_method_hyper_baselines.py``), each plus
@@ -64,6 +65,9 @@ class PolyhistorConfig(HyperFormerConfig):
     conditional_layer_norm: bool = field(default=False, metadata={
         'help': "HyperFormer's task-conditional LayerNorm on each adapter output (off: not named in the "
                 "Polyhistor description read)"})
+    condition_layer_norm: bool = field(default=False, metadata={
+        'help': "HyperFormer++'s LayerNorm on the conditioning vector (off: not named in the Polyhistor "
+                "description read)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
