@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlbench.backbones.streams import task_streams
 from mtlbench.method import AdapterLayer
 
 __all__ = ['TaskBottleneckAdapted']
@@ -51,13 +52,8 @@ class TaskBottleneckAdapted(AdapterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base_layer(x)
-        T, S = self.num_tasks, h.shape[0]
-        if S == 1:
-            tasks = h.expand(T, *h.shape[1:])
-        elif S == 1 + T:
-            tasks = h[1:]
-        else:
-            raise ValueError(f'{type(self).__name__}: expected 1 or 1 + {T} streams, got {S}')
+        T = self.num_tasks
+        tasks = task_streams(h, T, type(self).__name__)
         flat = tasks.reshape(T, -1, h.shape[-1])
         # a shared projection ([1, ...]) broadcasts over the task axis of the batched product
         z = F.gelu(torch.matmul(flat, self.down_weight.to(flat.dtype)) + self.down_bias.unsqueeze(1).to(flat.dtype))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from mtlbench.backbones.swin import SwinBackbone
@@ -59,3 +60,14 @@ def test_carried_streams_equal_one_plain_pass_per_task():
             for f, ref in zip(feats, plain(x)):
                 torch.testing.assert_close(f[1 + t], ref[0], rtol=1e-5, atol=1e-5)
             fc2.bias.sub_(s)
+
+
+def test_task_streams_broadcasts_a_single_stream_and_drops_stream_zero_of_a_forked_one():
+    from mtlbench.backbones.streams import task_streams
+    single = torch.arange(6.).view(1, 2, 3)
+    out = task_streams(single, 3)
+    assert out.shape == (3, 2, 3) and all(torch.equal(out[t], single[0]) for t in range(3))
+    forked = torch.arange(24.).view(4, 2, 3)          # stream 0 shared, then 3 task streams
+    assert torch.equal(task_streams(forked, 3), forked[1:])
+    with pytest.raises(ValueError, match='MyLayer: expected 1 or 1 \\+ 3 streams, got 2'):
+        task_streams(torch.zeros(2, 2, 3), 3, 'MyLayer')

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlbench.backbones.streams import task_streams
 from mtlbench.method import AdapterLayer
 
 __all__ = ['GeneratedAdapterLinear', 'kron_expand']
@@ -101,13 +102,8 @@ class GeneratedAdapterLinear(AdapterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base_layer(x)
-        T, S = self.num_tasks, h.shape[0]
-        if S == 1:
-            tasks = h.expand(T, *h.shape[1:])
-        elif S == 1 + T:
-            tasks = h[1:]
-        else:
-            raise ValueError(f'{type(self).__name__}: expected 1 or 1 + {T} streams, got {S}')
+        T = self.num_tasks
+        tasks = task_streams(h, T, type(self).__name__)
         down, down_bias, up, up_bias = self.generated()
         C = h.shape[-1]
         flat = tasks.reshape(T, -1, C)

@@ -72,13 +72,12 @@ from torch import nn
 from mtlbench.method import Method, MethodConfig
 from mtlbench.registry import METHODS
 
+from ..adapter import check_bottleneck_options
 from .adapter import GeneratedAdapterLinear
 from .condition import SiteCondition
 from .hypernetwork import WIDTH_MODES, AdapterHyperNetwork
 
 __all__ = ['HyperFormerConfig', 'HyperFormer']
-
-SITE_KINDS = ('qkv', 'proj', 'fc1', 'fc2')
 
 
 @dataclass
@@ -106,13 +105,7 @@ class HyperFormerConfig(MethodConfig):
     train_reductions: bool = False
 
     def __post_init__(self) -> None:
-        for name in ('reduction_factor', 'embed_dim', 'hidden_dim', 'cond_dim'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        bad = set(self.kinds) - set(SITE_KINDS)
-        if bad or not self.kinds:
-            raise ValueError(f'kinds must be a non-empty subset of {SITE_KINDS}, got {self.kinds}')
-        self.kinds = tuple(self.kinds)
+        check_bottleneck_options(self, 'reduction_factor', 'embed_dim', 'hidden_dim', 'cond_dim')
         if self.width_mode not in self.valid_width_modes():
             raise ValueError(f'width_mode must be one of {self.valid_width_modes()}, got {self.width_mode!r}')
 

@@ -17,7 +17,7 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-__all__ = ['SHARED', 'task_stream', 'select_task_stream', 'split_streams', 'StreamDropPath']
+__all__ = ['SHARED', 'task_stream', 'select_task_stream', 'task_streams', 'split_streams', 'StreamDropPath']
 
 SHARED = 0
 
@@ -39,6 +39,27 @@ def select_task_stream(x: Union[torch.Tensor, Sequence[torch.Tensor]], task_inde
         ``[B, ...]``.
     """
     return x[0] if len(x) == 1 else x[task_stream(task_index)]
+
+
+def task_streams(h: torch.Tensor, num_tasks: int, owner: str = 'layer') -> torch.Tensor:
+    """The ``T`` task streams of a site whose adapters are per task in every block (methods that
+    set ``SwinBackbone.carry_task_streams``): an unforked input (the first adapted site) serves
+    every task, a forked one gives streams ``1 .. T``; stream 0 is left to the caller.
+
+    Args:
+        h: ``[S, B, ...]`` with ``S == 1`` or ``S == 1 + num_tasks``.
+        num_tasks: ``T``.
+        owner: named in the error for any other ``S``.
+
+    Returns:
+        ``[T, B, ...]`` (a view: broadcast or slice).
+    """
+    S = h.shape[0]
+    if S == 1:
+        return h.expand(num_tasks, *h.shape[1:])
+    if S == 1 + num_tasks:
+        return h[1:]
+    raise ValueError(f'{owner}: expected 1 or 1 + {num_tasks} streams, got {S}')
 
 
 def split_streams(feats: Sequence[torch.Tensor]) -> List[Tuple[torch.Tensor, ...]]:
