@@ -135,6 +135,16 @@ def _git_sha() -> Optional[str]:
         return None
 
 
+def run_img_size(config_size: Any, cli_size: Optional[Sequence[int]], synthetic: bool) -> Any:
+    """The input size a run uses and records: ``--img-size``, else the synthetic schedule's on
+    synthetic data, else the config's (``mtlbench reproduce`` predicts records with it)."""
+    if cli_size is not None:
+        return tuple(cli_size)
+    if synthetic:
+        return SYNTHETIC_SCHEDULE['img_size']
+    return config_size
+
+
 def _set_schedule(cfg: Config, epochs: int) -> None:
     """Shrink the reference schedule to ``epochs`` keeping its shape (warm-up share, cosine)."""
     old = cfg.train_cfg.get('max_epochs', epochs)
@@ -174,8 +184,6 @@ def prepare_config(opts: RunOptions) -> Config:
         raise OptionError(f'config {path} is for method {cfg.model.method.get("type")!r}, not {opts.method!r}')
     if opts.tasks:
         cfg.model.tasks = list(opts.tasks)
-    if opts.img_size is not None:
-        cfg.model.backbone.img_size = tuple(opts.img_size)
     synthetic = False
     if opts.data_root:
         data_root = opts.data_root
@@ -193,8 +201,6 @@ def prepare_config(opts: RunOptions) -> Config:
                   f'{data_root}\n with a short CPU schedule. These numbers are NOT comparable to '
                   'any paper;\n pass --data-root to train on PASCAL-Context / NYUDv2.\n' + '=' * 78,
                   logger='current', level=logging.WARNING)
-        if opts.img_size is None:
-            cfg.model.backbone.img_size = SYNTHETIC_SCHEDULE['img_size']
         for key in ('train_dataloader', 'val_dataloader'):
             cfg[key].batch_size = _given(opts.batch_size, SYNTHETIC_SCHEDULE['batch_size'])
             cfg[key].num_workers = SYNTHETIC_SCHEDULE['num_workers']
@@ -204,6 +210,7 @@ def prepare_config(opts: RunOptions) -> Config:
         cfg.optim_wrapper.optimizer.lr = SYNTHETIC_SCHEDULE['lr']
         cfg.default_hooks.logger.interval = 1
         cfg.default_hooks.checkpoint.interval = 1
+    cfg.model.backbone.img_size = run_img_size(cfg.model.backbone.img_size, opts.img_size, synthetic)
     # data ---------------------------------------------------------------
     for key in ('train_dataloader', 'val_dataloader'):
         dl = cfg[key]

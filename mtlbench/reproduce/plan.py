@@ -157,15 +157,9 @@ def _load(path: Path, options: Mapping[str, Any], user: Mapping[str, Any]) -> An
 
 
 def _run_img_size(cfg: Any, settings: RunSettings, synthetic: bool) -> tuple:
-    """The input size ``mtlbench run`` will record: ``--img-size``, else the synthetic schedule's
-    on synthetic data, else the config's (``mtlbench.run`` applies them in that order)."""
-    from mtlbench.run import SYNTHETIC_SCHEDULE
-    if settings.img_size is not None:
-        size = settings.img_size
-    elif synthetic:
-        size = SYNTHETIC_SCHEDULE['img_size']
-    else:
-        size = cfg.model.backbone.img_size
+    """The input size ``mtlbench run`` will record (:func:`mtlbench.run.run_img_size`), as a tuple."""
+    from mtlbench.run import run_img_size
+    size = run_img_size(cfg.model.backbone.img_size, settings.img_size, synthetic)
     size = (size, size) if isinstance(size, int) else size
     return tuple(int(v) for v in size)
 
